@@ -1,0 +1,59 @@
+# Two set-up commands: `make run` and `make test`. Both create or update .venv and are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Django 6 needs Python 3.12+: the second test leg uses this interpreter, in its own venv.
+PYTHON312 ?= $(shell for c in python3.12 "env PYENV_VERSION=3.12.1 python"; do $$c -c 'import sys; assert sys.version_info >= (3, 12); print(sys.executable)' 2>/dev/null && break; done)
+VENV6 ?= .venv-django6
+PYTEST_ARGS ?=
+
+.PHONY: install run migrate test test-django6 lint format bench wheel clean print-python312
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(VENV6)/bin/.installed: requirements.txt pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "no Python 3.12 interpreter found"; exit 1; }
+	test -x $(VENV6)/bin/python || $(PYTHON312) -m venv $(VENV6)
+	$(VENV6)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV6)/bin/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+test-django6: $(VENV6)/bin/.installed
+	$(VENV6)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+wheel: install
+	$(BIN)/python -m build --wheel --outdir dist .
+
+clean:
+	rm -rf $(VENV) $(VENV6) dist build *.egg-info .pytest_cache
+
+print-python312:
+	@echo $(PYTHON312)

@@ -1,0 +1,5 @@
+"""HTTP API of taskqueue_app; the project mounts it at ``api/``."""
+
+app_name = "taskqueue_app"
+
+urlpatterns: list = []
