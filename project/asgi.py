@@ -11,10 +11,14 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from taskqueue_app import routing  # noqa: E402
+from taskqueue_app.middleware import TaskQueueMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": URLRouter(routing.websocket_urlpatterns),
-    }
+application = TaskQueueMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            # Workers send no Origin header: the route is protected by the token instead.
+            "websocket": URLRouter(routing.websocket_urlpatterns),
+        }
+    )
 )

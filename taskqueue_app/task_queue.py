@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, ClassVar, Iterable, Protocol
+from collections.abc import Iterable
+from typing import Any, ClassVar, Protocol
 
 from .conf import taskqueue_settings
 
@@ -208,10 +209,18 @@ class TaskQueue:
         return self._sizes is not None or taskqueue_settings.key_sizes(self.task_key) is not None
 
     def scheduled_full(self) -> bool:
-        return len(self._scheduled.items) >= self.scheduled_limit
+        return self.scheduled_room() <= 0
 
     def retry_full(self) -> bool:
-        return len(self._retry.items) >= self.retry_limit
+        return self.retry_room() <= 0
+
+    def scheduled_room(self) -> int:
+        """Free slots in the scheduled lane (negative when a release overfilled it)."""
+        return self.scheduled_limit - len(self._scheduled.items)
+
+    def retry_room(self) -> int:
+        """Free slots in the retry lane (negative when a release overfilled it)."""
+        return self.retry_limit - len(self._retry.items)
 
     def qsize(self) -> int:
         """Runs waiting in both lanes."""
@@ -326,7 +335,13 @@ class TaskQueue:
         return list(cls._held.get(holder, {}).values())
 
     @classmethod
-    def _hold(cls, holder: str, run: QueuedRun) -> None:
+    def held_run(cls, holder: str, run_id: Any) -> QueuedRun | None:
+        """The run ``holder`` holds under ``run_id``, or None."""
+        return cls._held.get(holder, {}).get(run_id)
+
+    @classmethod
+    def hold(cls, holder: str, run: QueuedRun) -> None:
+        """Record ``run`` as held by ``holder``; a run of the same id is replaced in place."""
         cls._held.setdefault(holder, {})[run.id] = run
 
     # -- dashboards ------------------------------------------------------------------------------
@@ -391,5 +406,5 @@ class MultiQueue:
         """Like ``get()``, and record the run as held by ``holder`` until acked or released."""
         run = await _get_from(self._queues)
         # No await between the hand-over and this line: the run is never unrecorded.
-        TaskQueue._hold(holder, run)
+        TaskQueue.hold(holder, run)
         return run

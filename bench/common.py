@@ -1,0 +1,140 @@
+"""Shared helpers of the benchmark stages: percentiles, Markdown tables, results files, progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+LATEST_JSON = RESULTS_DIR / "latest.json"
+LATEST_MD = RESULTS_DIR / "latest.md"
+
+_STARTED = time.perf_counter()
+
+
+def setup_django(settings_module: str = "project.settings") -> None:
+    """Configure Django (idempotent): stages read settings through ``taskqueue_app.conf``."""
+    import django
+    from django.apps import apps
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", settings_module)
+    if not apps.ready:
+        django.setup()
+
+
+def progress(message: str) -> None:
+    """Print one progress line to stderr (stdout stays clean Markdown), with time since start."""
+    print(f"[bench {time.perf_counter() - _STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, linearly interpolated (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def p50_p99(values: Sequence[float]) -> tuple[float, float]:
+    """The median and 99th percentile of ``values``."""
+    return percentile(values, 50), percentile(values, 99)
+
+
+def median(values: Iterable[float]) -> float:
+    """The median of ``values`` (of repeated measurements, say)."""
+    return statistics.median(values)
+
+
+def ratio(baseline: float | None, ours: float | None) -> float | None:
+    """``baseline / ours``, or None when either is missing or ``ours`` is zero."""
+    if baseline is None or not ours:
+        return None
+    return baseline / ours
+
+
+def fmt_number(value: float | None, digits: int = 3) -> str:
+    """A figure for a table: ``digits`` significant digits, thousands separators, '—' for None."""
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = max(0, digits - 1 - magnitude)
+    return f"{value:,.{decimals}f}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    """A ratio such as ``168x``; '—' when there is none."""
+    return "—" if value is None else f"{fmt_number(value)}x"
+
+
+def markdown_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], align: str | None = None
+) -> str:
+    """A Markdown table; ``align`` has one of 'l', 'r', 'c' per column (default: all left)."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    align = align or "l" * len(headers)
+    widths = [len(header) for header in headers]
+    for row in cells:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+    rules = {"l": ":{}", "r": "{}:", "c": ":{}:"}
+
+    def line(row: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if how == "r" else cell.ljust(width)
+            for cell, width, how in zip(row, widths, align, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = [
+        rules[how].format("-" * (width - (2 if how == "c" else 1)))
+        for how, width in zip(align, widths, strict=True)
+    ]
+    return "\n".join([line(headers), line(rule), *(line(row) for row in cells)])
+
+
+def load_results(path: Path = LATEST_JSON) -> dict[str, dict[str, Any]]:
+    """The stored results, by stage name; empty when there are none (or the file is unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def merge_results(
+    updates: dict[str, dict[str, Any]], path: Path = LATEST_JSON
+) -> dict[str, dict[str, Any]]:
+    """Replace the entries of the stages in ``updates`` in ``path``, keep the others; return all."""
+    results = load_results(path)
+    results.update(updates)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return results
+
+
+def write_markdown(
+    results: dict[str, dict[str, Any]], order: Sequence[str] = (), path: Path = LATEST_MD
+) -> None:
+    """Write each stage's ``markdown`` entry under a heading, stages in ``order`` first."""
+    names = [name for name in order if name in results]
+    names += [name for name in results if name not in names]
+    parts = ["# Benchmark results", ""]
+    for name in names:
+        entry = results[name]
+        mode = "quick" if entry.get("quick") else "full"
+        parts += [f"## {name}", "", f"_{entry.get('finished_at', '?')}, {mode} run._", ""]
+        parts += [entry.get("markdown") or "(no table)", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))

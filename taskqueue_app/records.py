@@ -1,0 +1,125 @@
+"""Run records written in batches from one thread: creates durable before they return,
+state changes written behind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import reduce
+from operator import or_
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+
+from .models import TaskRunRecord
+from .schemas import TaskRun, now
+
+logger = logging.getLogger(__name__)
+
+# SQLite limits expression depth; a batch of creates is looked up with one OR per create.
+MAX_CREATES_PER_BATCH = 200
+
+
+class RecordWriter:
+    """Group-commits run records: whatever piled up while the last transaction ran goes in the
+    next one. One writer thread means one SQLite connection and no "database is locked" between
+    our own writers; producers still hear back only after their run is committed.
+    """
+
+    def __init__(self) -> None:
+        self._creates: list[tuple[TaskRun, asyncio.Future]] = []
+        self._updates: dict[uuid.UUID, dict[str, Any]] = {}
+        self._idle: list[asyncio.Future] = []
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def create(self, run: TaskRun) -> tuple[TaskRun, bool]:
+        """Insert ``run``; or, if (task_key, dynamic_key) or its id exists, return that run and False."""
+        future = asyncio.get_running_loop().create_future()
+        self._creates.append((run, future))
+        self._kick()
+        return await future
+
+    def update(self, run: TaskRun, *fields: str) -> None:
+        """Write ``fields`` of ``run`` (and its state) soon, without waiting; later writes win."""
+        names = ("state_type", "state_name", "state_timestamp", *fields)
+        values = self._updates.setdefault(run.id, {})
+        values.update({name: getattr(run, name) for name in names})
+        values["updated"] = run.updated or now()
+        self._kick()
+
+    async def flush(self) -> None:
+        """Wait until everything handed to the writer so far is committed."""
+        if not self._creates and not self._updates and not self._busy():
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._idle.append(future)
+        self._kick()
+        await future
+
+    def _busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _kick(self) -> None:
+        if not self._busy():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="taskqueue-records")
+        while self._creates or self._updates:
+            creates = self._creates[:MAX_CREATES_PER_BATCH]
+            del self._creates[:MAX_CREATES_PER_BATCH]
+            updates, self._updates = self._updates, {}
+            runs = [run for run, _ in creates]
+            try:
+                results = await loop.run_in_executor(self._executor, _commit, runs, updates)
+            except Exception as exc:  # the database refused: tell the producers, keep going
+                logger.exception("could not write %d run records", len(runs) + len(updates))
+                for _, future in creates:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(creates, results):
+                if not future.done():
+                    future.set_result(result)
+        idle, self._idle = self._idle, []
+        for future in idle:
+            if not future.done():
+                future.set_result(None)
+
+
+def _commit(
+    creates: list[TaskRun], updates: dict[uuid.UUID, dict[str, Any]]
+) -> list[tuple[TaskRun, bool]]:
+    """One transaction: the new records (minus those that exist), then the state changes."""
+    results: list[tuple[TaskRun, bool]] = []
+    with transaction.atomic():
+        if creates:
+            lookup = reduce(
+                or_,
+                (Q(task_key=r.task_key, dynamic_key=r.dynamic_key) | Q(pk=r.id) for r in creates),
+            )
+            existing = list(TaskRunRecord.objects.filter(lookup))
+            by_key = {(r.task_key, r.dynamic_key): TaskRun.from_record(r) for r in existing}
+            by_id = {run.id: run for run in by_key.values()}
+            new = []
+            for run in creates:
+                known = by_key.get((run.task_key, run.dynamic_key)) or by_id.get(run.id)
+                if known is not None:
+                    results.append((known, False))
+                    continue
+                by_key[(run.task_key, run.dynamic_key)] = by_id[run.id] = run
+                new.append(TaskRunRecord(**run.record_fields()))
+                results.append((run, True))
+            TaskRunRecord.objects.bulk_create(new)
+        for run_id, values in updates.items():
+            TaskRunRecord.objects.filter(pk=run_id).update(**values)
+    return results
+
+
+writer = RecordWriter()

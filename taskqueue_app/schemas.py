@@ -1,0 +1,259 @@
+"""The task-run value object, its JSON form, and validation of what producers send."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from .models import StateType
+
+TASK_KEY_MAX = 200
+DYNAMIC_KEY_MAX = 255
+NAME_MAX = 255
+
+# Fields a producer may send when creating a run; anything else is refused by name.
+CREATE_FIELDS = frozenset(
+    {
+        "id",
+        "task_key",
+        "dynamic_key",
+        "name",
+        "parameters",
+        "state",
+        "empirical_policy",
+        "expected_start_time",
+    }
+)
+POLICY_FIELDS = frozenset({"retries", "retry_delay_seconds"})
+
+
+class ValidationError(ValueError):
+    """Producer input that cannot become a run; ``str()`` says what is wrong, naming the field."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC with a ``Z``, as Prefect writes it."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_datetime(value: Any, name: str) -> datetime:
+    """An aware UTC datetime from an ISO-8601 string; naive input is taken as UTC."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be an ISO-8601 date-time string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(
+            f"{name} must be an ISO-8601 date-time string, not {value!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(slots=True, eq=False)
+class TaskRun:
+    """One task run as it travels through the queues and over the wire."""
+
+    task_key: str
+    dynamic_key: str
+    name: str
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    state_type: str = StateType.SCHEDULED.value
+    state_name: str = "Scheduled"
+    state_timestamp: datetime = field(default_factory=now)
+    run_count: int = 0
+    retries: int = 0
+    retry_delay_seconds: float = 0.0
+    created: datetime = field(default_factory=now)
+    updated: datetime | None = None
+    expected_start_time: datetime | None = None
+    started: datetime | None = None
+    finished: datetime | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    worker: str = ""
+
+    @property
+    def is_retry(self) -> bool:
+        """True for a run waiting for a retry: it belongs in the retry lane."""
+        return self.state_type == StateType.SCHEDULED and self.state_name == "AwaitingRetry"
+
+    def with_state(self, state_type: str, state_name: str, **changes: Any) -> TaskRun:
+        """A copy in a new state, stamped now; the queues keep values, never mutated records."""
+        stamp = now()
+        return replace(
+            self,
+            state_type=state_type,
+            state_name=state_name,
+            state_timestamp=stamp,
+            updated=stamp,
+            **changes,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: DESIGN §4's fields plus those Prefect's client ``TaskRun`` expects."""
+        created = isoformat(self.created)
+        return {
+            "id": str(self.id),
+            "created": created,
+            "updated": isoformat(self.updated) or created,
+            "name": self.name,
+            "task_key": self.task_key,
+            "dynamic_key": self.dynamic_key,
+            "parameters": self.parameters,
+            "state": {
+                "type": self.state_type,
+                "name": self.state_name,
+                "timestamp": isoformat(self.state_timestamp),
+                "message": None,
+                "state_details": {"deferred": True},
+            },
+            "state_type": self.state_type,
+            "state_name": self.state_name,
+            "run_count": self.run_count,
+            "empirical_policy": {
+                "retries": self.retries,
+                "retry_delay_seconds": self.retry_delay_seconds,
+            },
+            "expected_start_time": isoformat(self.expected_start_time) or created,
+            "start_time": isoformat(self.started),
+            "end_time": isoformat(self.finished),
+            "result": self.result,
+            "error": self.error,
+            "worker": self.worker or None,
+            "flow_run_id": None,
+            "tags": [],
+            "labels": {},
+            "task_inputs": {},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    # -- records ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_record(cls, record: Any) -> TaskRun:
+        """The value object of a ``TaskRunRecord``."""
+        return cls(**{name: getattr(record, name) for name in RECORD_FIELDS})
+
+    def record_fields(self) -> dict[str, Any]:
+        """Keyword arguments for a ``TaskRunRecord`` holding this run."""
+        values = {name: getattr(self, name) for name in RECORD_FIELDS}
+        values["updated"] = self.updated or self.created
+        return values
+
+
+RECORD_FIELDS = tuple(name for name in TaskRun.__dataclass_fields__)
+
+
+# -- producer input ----------------------------------------------------------------------------
+
+
+def _require_object(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValidationError(f"{name} must be a JSON object")
+    return value
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"{name} must be a non-negative integer")
+    return value
+
+
+def _non_negative_number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValidationError(f"{name} must be a non-negative number")
+    if not math.isfinite(value):
+        raise ValidationError(f"{name} must be a finite number")
+    return float(value)
+
+
+def _bounded_string(value: Any, name: str, maximum: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= maximum:
+        raise ValidationError(f"{name} must be a non-empty string of at most {maximum} characters")
+    return value
+
+
+def parse_uuid(value: Any, name: str = "id") -> uuid.UUID:
+    """A UUID from its string form, or a ``ValidationError`` naming the field."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if not isinstance(value, str):
+        raise ValidationError(f"{name} must be a UUID string")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValidationError(f"{name} must be a UUID string, not {value!r}") from None
+
+
+def run_from_request(data: Any) -> TaskRun:
+    """Validate a producer's create request and build the new run; one message per problem."""
+    data = _require_object(data, "the request body")
+    unknown = sorted(set(data) - CREATE_FIELDS)
+    if unknown:
+        raise ValidationError(
+            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(CREATE_FIELDS))}"
+        )
+    if "task_key" not in data:
+        raise ValidationError("task_key is required")
+    task_key = _bounded_string(data["task_key"], "task_key", TASK_KEY_MAX)
+    run_id = parse_uuid(data["id"]) if data.get("id") is not None else uuid.uuid4()
+    dynamic_key = (
+        _bounded_string(data["dynamic_key"], "dynamic_key", DYNAMIC_KEY_MAX)
+        if data.get("dynamic_key") is not None
+        else f"{task_key}-{uuid.uuid4().hex}"
+    )
+    name = (
+        _bounded_string(data["name"], "name", NAME_MAX)
+        if data.get("name") is not None
+        else task_key.rsplit(".", 1)[-1][:NAME_MAX]
+    )
+    parameters = _require_object(data.get("parameters", {}), "parameters")
+    policy = _require_object(data.get("empirical_policy") or {}, "empirical_policy")
+    unknown_policy = sorted(set(policy) - POLICY_FIELDS)
+    if unknown_policy:
+        raise ValidationError(f"empirical_policy has unknown field(s): {', '.join(unknown_policy)}")
+    retries = _non_negative_int(policy.get("retries", 0) or 0, "empirical_policy.retries")
+    delay = _non_negative_number(
+        policy.get("retry_delay_seconds", 0) or 0, "empirical_policy.retry_delay_seconds"
+    )
+    if data.get("state") is not None:
+        state = _require_object(data["state"], "state")
+        state_type = state.get("type", StateType.SCHEDULED.value)
+        if state_type not in StateType.values:
+            raise ValidationError(
+                f"state.type {state_type!r} is not a state; one of: {', '.join(StateType.values)}"
+            )
+        if state_type != StateType.SCHEDULED:
+            raise ValidationError("state.type must be SCHEDULED for a new run")
+    expected = data.get("expected_start_time")
+    created = now()
+    return TaskRun(
+        id=run_id,
+        task_key=task_key,
+        dynamic_key=dynamic_key,
+        name=name,
+        parameters=parameters,
+        retries=retries,
+        retry_delay_seconds=delay,
+        created=created,
+        updated=created,
+        state_timestamp=created,
+        expected_start_time=(
+            parse_datetime(expected, "expected_start_time") if expected is not None else None
+        ),
+    )
