@@ -1,0 +1,164 @@
+"""Public testing helpers: a real Daphne server in a subprocess, and a free port to put it on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DaphneServer:
+    """Runs ``daphne`` with a project's ASGI application in a subprocess, on a free loopback port.
+
+    The database is a SQLite file of its own (migrated before start), so a test can kill the
+    server and start it again on the same records. Use as a context manager, or call
+    ``start()`` / ``stop()`` / ``kill()``.
+    """
+
+    def __init__(
+        self,
+        application: str = "project.asgi:application",
+        *,
+        settings: str = "project.settings",
+        database: str | os.PathLike | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        cwd: str | os.PathLike | None = None,
+    ) -> None:
+        self.application = application
+        self.settings = settings
+        self._tmp = None
+        if database is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="taskqueue-daphne-")
+            database = Path(self._tmp.name) / "db.sqlite3"
+        self.database = Path(database)
+        self.extra_env = dict(env or {})
+        self.port = port or free_port()
+        self.cwd = Path(cwd) if cwd else Path.cwd()
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.database.with_suffix(".log")
+        self._migrated = False
+
+    @property
+    def url(self) -> str:
+        """The HTTP root, e.g. ``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """The API base the app is mounted at: ``http://127.0.0.1:PORT/api``."""
+        return f"{self.url}/api"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket subscription address."""
+        return f"ws://127.0.0.1:{self.port}/api/task_runs/subscriptions/scheduled"
+
+    def environ(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": self.settings,
+                "TASKQUEUE_DB": str(self.database),
+                "TASKQUEUE_SERVER_URL": self.api_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def migrate(self) -> None:
+        """Create the tables in this server's database file."""
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
+            env=self.environ(),
+            cwd=self.cwd,
+            check=True,
+        )
+        self._migrated = True
+
+    def start(self, timeout: float = 30.0) -> DaphneServer:
+        """Start the server and wait until it accepts connections."""
+        if not self._migrated:
+            self.migrate()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                self.application,
+            ],
+            env=self.environ(),
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)  # waiting for another process to bind: nothing to await
+        self.kill()
+        raise TimeoutError(f"daphne did not listen on {self.port} in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        return self._end(signal.SIGTERM, timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL at once, as a crash or an OOM kill would."""
+        return self._end(signal.SIGKILL, 10.0)
+
+    def _end(self, sig: signal.Signals, timeout: float) -> int | None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return process.returncode if process else None
+        process.send_signal(sig)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+    def restart(self) -> DaphneServer:
+        """Kill with SIGKILL and start again on the same port and database."""
+        self.kill()
+        return self.start()
+
+    def __enter__(self) -> DaphneServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
