@@ -1,4 +1,4 @@
-"""The one place where a run changes state: create, defer, deliver, ack, start, finish, crash, retry.
+"""The one place where a run changes state: create, defer, deliver, ack, start, finish, retry.
 
 Views, the consumer and the Tasks backend call these coroutines, in the server's event loop, and
 never change a state themselves. Each writes the run record (creates durably, state changes
@@ -79,6 +79,7 @@ def reset() -> None:
     for task in _state.feeders:
         task.cancel()
     _state = _State()
+    writer.reset()
     TaskQueue.reset()
 
 

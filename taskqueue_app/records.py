@@ -36,8 +36,12 @@ class RecordWriter:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
+    def reset(self) -> None:
+        """Drop whatever is pending (a testing utility: each test has its own event loop)."""
+        self._creates, self._updates, self._idle, self._task = [], {}, [], None
+
     async def create(self, run: TaskRun) -> tuple[TaskRun, bool]:
-        """Insert ``run``; or, if (task_key, dynamic_key) or its id exists, return that run and False."""
+        """Insert ``run``, or return the run that has its (task_key, dynamic_key) or id, and False."""
         future = asyncio.get_running_loop().create_future()
         self._creates.append((run, future))
         self._kick()
@@ -84,7 +88,7 @@ class RecordWriter:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), result in zip(creates, results):
+            for (_, future), result in zip(creates, results, strict=True):
                 if not future.done():
                     future.set_result(result)
         idle, self._idle = self._idle, []

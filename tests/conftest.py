@@ -2,12 +2,15 @@
 
 import pytest
 
-from taskqueue_app.task_queue import TaskQueue
+from taskqueue_app import lifecycle
+from taskqueue_app.workers import registry
 
 
 @pytest.fixture(autouse=True)
 def _reset_task_queues():
-    """Every test starts with an empty registry and no per-key configuration."""
-    TaskQueue.reset()
+    """Every test starts with an empty registry, no per-key configuration, no workers."""
+    lifecycle.reset()
+    registry.clear()
     yield
-    TaskQueue.reset()
+    lifecycle.reset()
+    registry.clear()
