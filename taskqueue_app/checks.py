@@ -90,7 +90,7 @@ def _check_keys(keys: Any) -> list:
     if not isinstance(keys, dict):
         return [
             _error(
-                f"TASKQUEUE['KEYS'] must be a dict of task key to bounds, not {type(keys).__name__}.",
+                f"TASKQUEUE['KEYS'] must be a dict of key to bounds, not {type(keys).__name__}.",
                 "Example: {'emails.send': {'scheduled_size': 50, 'retry_size': 10}}.",
                 6,
             )

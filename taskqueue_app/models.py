@@ -75,3 +75,6 @@ class QueueDashboard(models.Model):
         verbose_name = "queue dashboard"
         verbose_name_plural = "queue dashboard"
         default_permissions = ("view",)
+
+    def __str__(self) -> str:
+        return "queue dashboard"

@@ -41,7 +41,7 @@ class RecordWriter:
         self._creates, self._updates, self._idle, self._task = [], {}, [], None
 
     async def create(self, run: TaskRun) -> tuple[TaskRun, bool]:
-        """Insert ``run``, or return the run that has its (task_key, dynamic_key) or id, and False."""
+        """Insert ``run``; or return the run with its (task_key, dynamic_key) or id, and False."""
         future = asyncio.get_running_loop().create_future()
         self._creates.append((run, future))
         self._kick()

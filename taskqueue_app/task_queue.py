@@ -84,7 +84,7 @@ class _Getter:
 
 
 async def _get_from(queues: list[TaskQueue]) -> QueuedRun:
-    """Take the next run of ``queues`` (in order, retry before scheduled), waiting if all are empty."""
+    """The next run of ``queues`` (in order, retry first), waiting while all are empty."""
     for queue in queues:
         run = queue._take()
         if run is not None:
@@ -129,7 +129,7 @@ class TaskQueue:
         scheduled_size: int | None = None,
         retry_size: int | None = None,
     ) -> None:
-        """Set the bounds of ``task_key``'s lanes (falsy: the default); applies to a live queue too."""
+        """Set the bounds of ``task_key``'s lanes (falsy: default); applies to a live queue too."""
         sizes = (scheduled_size or None, retry_size or None)
         cls._queue_size_configs[task_key] = sizes
         queue = cls._task_queues.get(task_key)
@@ -309,7 +309,7 @@ class TaskQueue:
 
     @classmethod
     def ack(cls, holder: str, run_id: Any) -> QueuedRun | None:
-        """Forget that ``holder`` holds ``run_id``; returns the run, or None if it held no such run."""
+        """Forget that ``holder`` holds ``run_id``; the run, or None if it held no such run."""
         held = cls._held.get(holder)
         if not held:
             return None
@@ -348,7 +348,7 @@ class TaskQueue:
 
     @classmethod
     def snapshot(cls) -> list[dict[str, Any]]:
-        """Per key, sorted by key: lane sizes, their limits, whether configured, runs held, waiters."""
+        """Per key, sorted: lane sizes, their limits, whether configured, runs held, waiters."""
         held_per_key: dict[str, int] = {}
         for runs in cls._held.values():
             for run in runs.values():
