@@ -5,6 +5,7 @@ file or with a token: ``TASKQUEUE_DB``, ``TASKQUEUE_AUTH_TOKEN``, ``DJANGO_DEBUG
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import django
@@ -70,7 +71,12 @@ DATABASES = {
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         },
-        "TEST": {"NAME": os.environ.get("TASKQUEUE_TEST_DB", BASE_DIR / "test-db.sqlite3")},
+        # A real file (not :memory:) so that other threads and processes (the records writer,
+        # live-server tests) see the same database; one per test process so runs never collide.
+        "TEST": {
+            "NAME": os.environ.get("TASKQUEUE_TEST_DB")
+            or Path(tempfile.gettempdir()) / f"taskqueue-test-{os.getpid()}.sqlite3"
+        },
     }
 }
 
