@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 import uuid
+from collections import deque
 from datetime import timedelta
 from typing import Any
 
@@ -63,6 +64,8 @@ class _State:
         self.timer: asyncio.TimerHandle | None = None
         self.sequence = itertools.count()
         self.feeders: set[asyncio.Task] = set()
+        # Accepted runs waiting for room, per (key, is_retry) lane, each fed by one task.
+        self.backlogs: dict[tuple[str, bool], deque[TaskRun]] = {}
         self.started: asyncio.Future | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shutdown_callbacks: list = []
@@ -93,16 +96,41 @@ def server_loop() -> asyncio.AbstractEventLoop | None:
 
 def _enqueue(run: TaskRun) -> None:
     """Put an accepted run into its lane; if it is full, feed it in as room frees up."""
-    queue = TaskQueue.for_key(run.task_key)
-    try:
-        (queue.retry_nowait if run.is_retry else queue.put_nowait)(run)
-    except asyncio.QueueFull:
-        # Accepted runs are never dropped: wait for room in the background, in FIFO order.
-        task = asyncio.get_running_loop().create_task(
-            queue.retry(run) if run.is_retry else queue.put(run)
-        )
+    lane = (run.task_key, run.is_retry)
+    backlog = _state.backlogs.get(lane)
+    if backlog is None:
+        queue = TaskQueue.for_key(run.task_key)
+        try:
+            (queue.retry_nowait if run.is_retry else queue.put_nowait)(run)
+            return
+        except asyncio.QueueFull:
+            pass
+        # Accepted runs are never dropped: one feeder per lane waits for room, in FIFO order.
+        backlog = _state.backlogs[lane] = deque()
+        task = asyncio.get_running_loop().create_task(_feed(lane, backlog))
         _state.feeders.add(task)
         task.add_done_callback(_state.feeders.discard)
+    backlog.append(run)
+
+
+async def _feed(lane: tuple[str, bool], backlog: deque[TaskRun]) -> None:
+    key, is_retry = lane
+    queue = TaskQueue.for_key(key)
+    try:
+        while backlog:
+            await (queue.retry if is_retry else queue.put)(backlog[0])
+            backlog.popleft()
+    finally:
+        if _state.backlogs.get(lane) is backlog and not backlog:
+            del _state.backlogs[lane]
+
+
+def backlog_sizes() -> dict[str, int]:
+    """Per key, accepted runs waiting for room in a full lane (after a restore or a deferral)."""
+    sizes: dict[str, int] = {}
+    for (key, _), backlog in _state.backlogs.items():
+        sizes[key] = sizes.get(key, 0) + len(backlog)
+    return sizes
 
 
 def _schedule(run: TaskRun) -> None:
@@ -154,7 +182,6 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
     An existing (task_key, dynamic_key) returns that run and False, queued once. A full
     scheduled lane raises ``QueueFullError`` with nothing stored. Raises ``ValidationError``.
     """
-    await ensure_started()
     run = run_from_request(data)
     key = run.task_key
     immediate = run.expected_start_time is None or run.expected_start_time <= now()
@@ -308,7 +335,6 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
     Raises ``NotFinishedError`` unless it is FAILED, CRASHED or CANCELLED, and
     ``QueueFullError`` when the retry lane is full.
     """
-    await ensure_started()
     run = await get(run_id)
     if run is None:
         return None
