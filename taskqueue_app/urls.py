@@ -1,5 +1,16 @@
 """HTTP API of taskqueue_app; the project mounts it at ``api/``."""
 
+from django.urls import path
+
+from . import views
+
 app_name = "taskqueue_app"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("task_runs/", views.task_runs, name="task_runs"),
+    # <str:...> rather than <uuid:...>: a malformed id gets a 400 that says so, not a bare 404.
+    path("task_runs/<str:run_id>", views.task_run_detail, name="task_run_detail"),
+    path("task_runs/<str:run_id>/retry", views.task_run_retry, name="task_run_retry"),
+    path("task_queues/", views.task_queues, name="task_queues"),
+    path("task_workers/filter", views.task_workers_filter, name="task_workers_filter"),
+]

@@ -1,0 +1,234 @@
+"""The HTTP API (DESIGN §5): async views that run in the server's loop and call ``lifecycle``.
+
+Views never change a run's state themselves; they read and check the request, hand it to
+``lifecycle`` and turn its answer (or its exception) into a status code and JSON.
+
+Choices where DESIGN is silent:
+
+- A run id in the path that is not a UUID is a 400 (``id must be a UUID string, not '...'``):
+  the request is malformed, which says more than a 404 would.
+- A POST body must be ``application/json`` (any parameters, e.g. ``charset=utf-8``); a body
+  sent with no ``Content-Type`` at all is accepted as JSON, so that minimal clients work. Any
+  other declared type is a 415. A POST without a body declares nothing to check.
+- The size limit (``MAX_MESSAGE_BYTES``) is judged from ``Content-Length`` before the body is
+  read, and from the bytes actually read (at most one over the limit) before parsing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from . import lifecycle
+from .auth import token_auth
+from .conf import taskqueue_settings
+from .schemas import TaskRun, ValidationError, parse_uuid
+from .task_queue import TaskQueue
+from .workers import registry
+
+JSON_TYPE = "application/json"
+# A body without Content-Type is taken as JSON; see the module docstring.
+ACCEPTED_TYPES = frozenset({JSON_TYPE, ""})
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+class HttpError(Exception):
+    """A request the API refuses: status, message, and any extra headers of the answer."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    """``data`` as compact JSON."""
+    return HttpResponse(
+        json.dumps(data, separators=(",", ":")), status=status, content_type=JSON_TYPE
+    )
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> HttpResponse:
+    """The API's error form: ``{"error": message}`` with ``status``."""
+    response = json_response({"error": message}, status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _run_response(run: TaskRun, status: int = 200) -> HttpResponse:
+    return HttpResponse(run.to_json(), status=status, content_type=JSON_TYPE)
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Allow only ``methods`` (405 with ``Allow`` otherwise), ask for the token, answer
+    ``HttpError`` as JSON; CSRF-exempt (see ``auth.token_auth``)."""
+    allowed = ", ".join(methods)
+
+    def decorate(view: View) -> View:
+        protected = token_auth(view)
+
+        @functools.wraps(view)
+        async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            # The method first: a wrong method is wrong whoever asks.
+            if request.method not in methods:
+                return error_response(
+                    405,
+                    f"method {request.method} is not allowed here; use {allowed}",
+                    {"Allow": allowed},
+                )
+            try:
+                return await protected(request, *args, **kwargs)
+            except HttpError as exc:
+                return error_response(exc.status, exc.message, exc.headers)
+
+        return csrf_exempt(wrapped)
+
+    return decorate
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json(request: HttpRequest, *, required: bool) -> Any:
+    """The request's JSON body (None when empty and not ``required``), size and type checked
+    before parsing; raises ``HttpError`` (400, 413, 415)."""
+    limit = taskqueue_settings.MAX_MESSAGE_BYTES
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    try:
+        length = int(declared)
+    except ValueError:
+        raise HttpError(400, f"Content-Length must be an integer, not {declared!r}") from None
+    too_large = f"the request body is larger than MAX_MESSAGE_BYTES ({limit} bytes)"
+    if length > limit:
+        raise HttpError(413, too_large)
+    # read() rather than .body: it reads at most one byte over our limit and is not subject to
+    # DATA_UPLOAD_MAX_MEMORY_SIZE, which would answer 400 for a body our setting allows.
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise HttpError(413, too_large)
+    if not body:
+        if required:
+            raise HttpError(400, "the request body is empty; send a JSON object")
+        return None
+    content_type = (request.content_type or "").lower()
+    if content_type not in ACCEPTED_TYPES:
+        raise HttpError(415, f"Content-Type must be {JSON_TYPE}, not {request.content_type!r}")
+    try:
+        # NaN and Infinity are not JSON: accepting them would store runs we cannot send.
+        return json.loads(body, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HttpError(400, f"the request body is not valid JSON: {exc}") from None
+
+
+def _run_id(value: str) -> Any:
+    try:
+        return parse_uuid(value, "id")
+    except ValidationError as exc:
+        raise HttpError(400, str(exc)) from None
+
+
+def _busy(message: str, retry_after: int) -> HttpError:
+    return HttpError(503, message, {"Retry-After": str(retry_after)})
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+
+
+@api_view("POST")
+async def task_runs(request: HttpRequest) -> HttpResponse:
+    """Create a run: 201 + run, or 200 + the run that has this (task_key, dynamic_key)."""
+    data = read_json(request, required=True)
+    try:
+        run, created = await lifecycle.create(data)
+    except ValidationError as exc:
+        raise HttpError(400, str(exc)) from None
+    except lifecycle.QueueFullError as exc:
+        raise _busy(f"{exc}; try again later", exc.retry_after) from None
+    except DatabaseError as exc:
+        # Not recorded, so not accepted: the producer must try again (nothing is lost).
+        raise _busy(f"the run could not be recorded ({exc}); try again later", 1) from None
+    return _run_response(run, 201 if created else 200)
+
+
+@api_view("GET")
+async def task_run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
+    """One run as recorded, with its state, result or error."""
+    run = await lifecycle.get(_run_id(run_id))
+    if run is None:
+        raise HttpError(404, f"no task run with id {run_id}")
+    return _run_response(run)
+
+
+@api_view("POST")
+async def task_run_retry(request: HttpRequest, run_id: str) -> HttpResponse:
+    """Put a FAILED, CRASHED or CANCELLED run into its key's retry queue."""
+    run_uuid = _run_id(run_id)
+    read_json(request, required=False)  # no fields yet, but a body must still be sound
+    try:
+        run = await lifecycle.retry(run_uuid)
+    except lifecycle.NotFinishedError as exc:
+        raise HttpError(
+            409, f"{exc}: only FAILED, CRASHED or CANCELLED runs can be retried"
+        ) from None
+    except lifecycle.QueueFullError as exc:
+        raise _busy(f"{exc}; try again later", exc.retry_after) from None
+    if run is None:
+        raise HttpError(404, f"no task run with id {run_id}")
+    return _run_response(run)
+
+
+@api_view("GET")
+async def task_queues(request: HttpRequest) -> HttpResponse:
+    """Per key: lane sizes and limits, whether configured, and how many workers subscribe."""
+    counts = registry.counts_per_key()
+    rows = TaskQueue.snapshot()
+    for row in rows:
+        row["workers"] = counts.get(row["task_key"], 0)
+    return json_response(rows)
+
+
+def _task_keys_filter(data: Any) -> list[str] | None:
+    """The ``task_keys`` of Prefect's ``{"task_worker_filter": {"task_keys": [...]}}``."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise HttpError(400, "the request body must be a JSON object")
+    unknown = sorted(set(data) - {"task_worker_filter"})
+    if unknown:
+        raise HttpError(400, f"unknown field(s): {', '.join(unknown)}; allowed: task_worker_filter")
+    worker_filter = data.get("task_worker_filter")
+    if worker_filter is None:
+        return None
+    if not isinstance(worker_filter, dict):
+        raise HttpError(400, "task_worker_filter must be a JSON object")
+    unknown = sorted(set(worker_filter) - {"task_keys"})
+    if unknown:
+        raise HttpError(
+            400,
+            f"task_worker_filter has unknown field(s): {', '.join(unknown)}; allowed: task_keys",
+        )
+    keys = worker_filter.get("task_keys")
+    if keys is None:
+        return None
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        raise HttpError(400, "task_worker_filter.task_keys must be a list of strings")
+    return keys
+
+
+@api_view("POST")
+async def task_workers_filter(request: HttpRequest) -> HttpResponse:
+    """Connected workers as Prefect lists them; those serving any of ``task_keys``, or all."""
+    keys = _task_keys_filter(read_json(request, required=False))
+    return json_response(registry.workers(keys))
