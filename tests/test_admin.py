@@ -1,0 +1,385 @@
+"""The admin: dashboard permissions, read-only URLs, its numbers, and the run-record list."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.urls import NoReverseMatch, reverse
+
+from taskqueue_app import dashboard, lifecycle
+from taskqueue_app.admin import TaskKeyFilter
+from taskqueue_app.models import StateType, TaskRunRecord
+from taskqueue_app.schemas import TaskRun, now
+from taskqueue_app.task_queue import TaskQueue
+from taskqueue_app.workers import registry
+
+pytestmark = pytest.mark.django_db
+
+DASHBOARD = "/admin/taskqueue_app/queuedashboard/"
+DATA = DASHBOARD + "data.json"
+RUNS = "/admin/taskqueue_app/taskrunrecord/"
+
+
+def make_run(key: str) -> TaskRun:
+    return TaskRun(task_key=key, dynamic_key=f"{key}-{uuid.uuid4().hex}", name=key)
+
+
+@pytest.fixture
+def staff(django_user_model):
+    """A staff user with no permission at all."""
+    return django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """A staff user allowed to view the dashboard (and nothing else)."""
+    user = django_user_model.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_queuedashboard"))
+    return user
+
+
+@pytest.fixture
+def queues():
+    """Two keys with runs in both lanes, one configured, a worker holding one run."""
+    TaskQueue.configure_task_key("emails.send", scheduled_size=50, retry_size=10)
+    emails = TaskQueue.for_key("emails.send")
+    for _ in range(3):
+        emails.put_nowait(make_run("emails.send"))
+    emails.retry_nowait(make_run("emails.send"))
+    reports = TaskQueue.for_key("reports.build")
+    for _ in range(2):
+        reports.put_nowait(make_run("reports.build"))
+    registry.connect("conn-1", "worker-a", ["emails.send", "reports.build"])
+    registry.connect("conn-2", "worker-a", ["emails.send"])
+    TaskQueue.hold("conn-1", reports.get_nowait())
+
+
+# -- the admin index and permissions --------------------------------------------------------------
+
+
+def test_index_links_to_the_dashboard_and_the_runs(admin_client):
+    response = admin_client.get("/admin/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'href="{DASHBOARD}"' in html
+    assert "Queue dashboard" in html
+    assert f'href="{RUNS}"' in html
+    # Read-only: no "Add" link for either model.
+    assert f"{DASHBOARD}add/" not in html
+    assert f"{RUNS}add/" not in html
+
+
+@pytest.mark.parametrize("url", [DASHBOARD, DATA, RUNS])
+def test_anonymous_users_go_to_the_login_page(client, url):
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/?next=")
+
+
+@pytest.mark.parametrize("url", [DASHBOARD, DATA, RUNS])
+def test_staff_without_the_permission_get_403(client, staff, url):
+    client.force_login(staff)
+    assert client.get(url).status_code == 403
+
+
+def test_staff_with_the_view_permission_see_the_dashboard(client, viewer):
+    client.force_login(viewer)
+    assert client.get(DASHBOARD).status_code == 200
+    assert client.get(DATA).status_code == 200
+    # The dashboard permission does not open the run records.
+    assert client.get(RUNS).status_code == 403
+
+
+def test_superuser_sees_everything(admin_client):
+    for url in (DASHBOARD, DATA, RUNS):
+        assert admin_client.get(url).status_code == 200, url
+
+
+# -- read-only ------------------------------------------------------------------------------------
+
+
+def test_dashboard_has_no_add_change_or_delete(admin_client):
+    for name in ("add", "change", "delete", "history"):
+        with pytest.raises(NoReverseMatch):
+            reverse(f"admin:taskqueue_app_queuedashboard_{name}", args=[] if name == "add" else [1])
+    for url in (DASHBOARD + "add/", DASHBOARD + "1/change/", DASHBOARD + "1/delete/"):
+        assert admin_client.get(url).status_code == 404, url
+        assert admin_client.post(url).status_code == 404, url
+
+
+@pytest.mark.parametrize("url", [DASHBOARD, DATA])
+def test_posts_to_the_dashboard_are_refused(admin_client, url):
+    response = admin_client.post(url, {"q": "x"})
+    assert response.status_code == 405
+    assert set(response["Allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_run_records_cannot_be_added_changed_or_deleted(admin_client):
+    record = TaskRunRecord.objects.create(
+        task_key="emails.send",
+        dynamic_key="d1",
+        name="send",
+        state_timestamp=now(),
+        created=now(),
+        updated=now(),
+    )
+    change = f"{RUNS}{record.pk}/change/"
+    delete = f"{RUNS}{record.pk}/delete/"
+    assert admin_client.get(RUNS + "add/").status_code == 403
+    assert admin_client.get(delete).status_code == 403
+    for url in (RUNS, RUNS + "add/", change, delete, f"{RUNS}{record.pk}/history/"):
+        assert admin_client.post(url, {"name": "changed"}).status_code == 405, url
+    # The bulk delete action is not offered either.
+    assert admin_client.post(
+        RUNS, {"action": "delete_selected", "_selected_action": [record.pk]}
+    ).status_code == (405)
+    record.refresh_from_db()
+    assert record.name == "send"
+    page = admin_client.get(change)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'name="_save"' not in html
+    assert "deletelink" not in html
+
+
+# -- the numbers ----------------------------------------------------------------------------------
+
+
+def test_json_numbers_equal_the_snapshot_and_the_registry(admin_client, queues):
+    data = admin_client.get(DATA).json()
+    snapshot = TaskQueue.snapshot()
+    counts = registry.counts_per_key()
+    assert [row["task_key"] for row in data["queues"]] == [row["task_key"] for row in snapshot]
+    for row, expected in zip(data["queues"], snapshot, strict=True):
+        for field, value in expected.items():
+            assert row[field] == value, (row["task_key"], field)
+        assert row["workers"] == counts.get(row["task_key"], 0)
+    emails, reports = data["queues"]
+    assert (emails["scheduled_size"], emails["scheduled_limit"]) == (3, 50)
+    assert (emails["retry_size"], emails["retry_limit"]) == (1, 10)
+    assert emails["configured"] is True and emails["workers"] == 2
+    assert emails["scheduled_pct"] == 6 and emails["retry_pct"] == 10
+    assert (reports["scheduled_size"], reports["scheduled_limit"]) == (1, 1000)
+    assert reports["configured"] is False and reports["held"] == 1 and reports["workers"] == 1
+    assert data["totals"] == {
+        "keys": 2,
+        "scheduled_size": 4,
+        "scheduled_limit": 1050,
+        "retry_size": 1,
+        "retry_limit": 110,
+        "held": 1,
+        "workers": 1,
+        "connections": 2,
+    }
+    [worker] = data["workers"]
+    assert worker["identifier"] == "worker-a"
+    assert worker["task_keys"] == ["emails.send", "reports.build"]
+    assert worker["connections"] == 2 and worker["held_count"] == 1
+    assert worker["held"] == [str(TaskQueue.held("conn-1")[0].id)]
+
+
+def test_page_shows_the_same_numbers(admin_client, queues):
+    response = admin_client.get(DASHBOARD)
+    assert response.status_code == 200
+    assert [t.name for t in response.templates][0] == "admin/taskqueue_app/dashboard.html"
+    html = response.content.decode()
+    assert '<tr data-key="emails.send">' in html
+    assert '<span class="tq-count">3 / 50</span>' in html
+    assert '<span class="tq-count">1 / 10</span>' in html
+    assert 'title="scheduled: 3 of 50 (6%)"' in html
+    assert '<span class="tq-count">1 / 1000</span>' in html
+    assert "<strong>configured</strong>" in html
+    assert '<tr data-worker="worker-a">' in html
+    assert 'data-total="held">1<' in html
+    assert 'data-total="connections">2<' in html
+    # Native admin page: breadcrumbs, the admin's stylesheet, no asset from elsewhere.
+    assert '<div class="breadcrumbs">' in html
+    assert "admin/css/base.css" in html
+    assert "http://" not in html.replace('xmlns="http://', "") and "https://" not in html
+    assert "taskqueue_app/dashboard.js" in html
+
+
+def test_same_numbers_as_the_task_queues_api(admin_client, queues):
+    try:
+        api = reverse("taskqueue_app:task_queues")
+    except NoReverseMatch:
+        api = "/api/task_queues/"
+    response = admin_client.get(api)
+    if response.status_code == 404:
+        pytest.skip("GET /api/task_queues/ is not routed in this tree")
+    fields = [
+        "task_key",
+        "scheduled_size",
+        "scheduled_limit",
+        "retry_size",
+        "retry_limit",
+        "configured",
+        "workers",
+    ]
+    ours = [{f: row[f] for f in fields} for row in admin_client.get(DATA).json()["queues"]]
+    theirs = [{f: row[f] for f in fields} for row in response.json()]
+    assert ours == theirs
+
+
+def test_a_thousand_keys_are_paged_sorted_and_filtered(admin_client):
+    for i in range(1000):
+        queue = TaskQueue.for_key(f"key-{i:04d}")
+        for _ in range(i % 7):
+            queue.put_nowait(make_run(queue.task_key))
+    data = admin_client.get(DATA).json()
+    assert data["page"] == {"number": 1, "num_pages": 10, "per_page": 100, "count": 1000}
+    assert data["totals"]["keys"] == 1000
+    assert [row["task_key"] for row in data["queues"]][:2] == ["key-0000", "key-0001"]
+    last = admin_client.get(DATA, {"p": 10}).json()
+    assert last["queues"][-1]["task_key"] == "key-0999"
+    deepest = admin_client.get(DATA, {"o": "-scheduled"}).json()["queues"]
+    assert deepest[0]["task_key"] == "key-0006" and deepest[0]["scheduled_size"] == 6
+    assert all(
+        a["scheduled_size"] >= b["scheduled_size"]
+        for a, b in zip(deepest, deepest[1:], strict=False)
+    )
+    by_fill = admin_client.get(DATA, {"o": "fill"}).json()["queues"]
+    assert by_fill[0]["fill"] == 0.0
+    filtered = admin_client.get(DATA, {"q": "KEY-099"}).json()
+    assert [row["task_key"] for row in filtered["queues"]] == [
+        f"key-{i:04d}" for i in range(990, 1000)
+    ]
+    assert filtered["page"]["count"] == 10 and filtered["totals"]["keys"] == 1000
+    # The page itself renders one page of rows, with links to sort and to the next page.
+    html = admin_client.get(DASHBOARD, {"o": "-fill"}).content.decode()
+    assert html.count("<tr data-key=") == 100
+    assert 'href="?o=-fill&amp;p=2"' in html
+    assert 'href="?o=fill"' in html  # the sorted column flips direction
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"o": "depth"}, "o must be one of"),
+        ({"p": "x"}, "p must be a page number"),
+        ({"p": "0"}, "p must be 1 or more"),
+    ],
+)
+def test_bad_query_parameters_are_named(admin_client, params, message):
+    response = admin_client.get(DATA, params)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    page = admin_client.get(DASHBOARD, params)
+    assert page.status_code == 400
+    assert message in page.content.decode()
+
+
+def test_a_page_past_the_end_shows_the_last_page(admin_client, queues):
+    data = admin_client.get(DATA, {"p": 5}).json()
+    assert data["page"]["number"] == 1 and len(data["queues"]) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_state_is_read_in_the_server_loop_from_another_thread(monkeypatch):
+    """A sync admin view runs in a worker thread: the copy must be taken in the loop's thread."""
+    await lifecycle.ensure_started()
+    TaskQueue.for_key("emails.send").put_nowait(make_run("emails.send"))
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+    collect = dashboard._collect
+
+    def recording_collect():
+        seen.append(threading.get_ident())
+        return collect()
+
+    monkeypatch.setattr(dashboard, "_collect", recording_collect)
+    state = await asyncio.to_thread(dashboard.read_state)
+    assert seen == [loop_thread]
+    assert state["queues"][0]["scheduled_size"] == 1
+    # Called from the loop's own thread it reads directly.
+    assert dashboard.read_state()["queues"][0]["task_key"] == "emails.send"
+    assert seen == [loop_thread, loop_thread]
+
+
+# -- run records ----------------------------------------------------------------------------------
+
+
+def _records(count: int, **overrides) -> list[TaskRunRecord]:
+    start = now() - timedelta(hours=1)
+    states = list(StateType)
+    records = []
+    for i in range(count):
+        stamp = start + timedelta(seconds=i)
+        fields = {
+            "task_key": f"key-{i % 20:02d}",
+            "dynamic_key": f"d-{i}",
+            "name": f"job-{i}",
+            "parameters": {"args": [i], "kwargs": {}},
+            "state_type": states[i % len(states)],
+            "state_name": states[i % len(states)].label,
+            "state_timestamp": stamp,
+            "created": stamp,
+            "updated": stamp,
+            **overrides,
+        }
+        records.append(TaskRunRecord(**fields))
+    return TaskRunRecord.objects.bulk_create(records)
+
+
+def test_run_list_is_a_constant_number_of_queries(admin_client, django_assert_max_num_queries):
+    _records(2000)
+    admin_client.get(RUNS)  # warm the session and content types caches
+    with django_assert_max_num_queries(8):
+        response = admin_client.get(RUNS)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.count('<tr><td class="action-checkbox">') == 0  # no actions column
+    assert html.count("job-") >= 100
+    # Newest first.
+    assert html.index("job-1999") < html.index("job-1998")
+    with django_assert_max_num_queries(8):
+        filtered = admin_client.get(RUNS, {"state_type__exact": "FAILED", "task_key": "key-04"})
+    assert filtered.status_code == 200
+    assert filtered.context["cl"].result_count == 15  # i = 4 (mod 140): FAILED and key-04
+    assert "job-1964" in filtered.content.decode()
+    with django_assert_max_num_queries(8):
+        searched = admin_client.get(RUNS, {"q": "job-1234"})
+    assert "job-1234" in searched.content.decode()
+
+
+def test_task_key_filter_offers_distinct_keys(admin_client):
+    _records(60)
+    response = admin_client.get(RUNS)
+    filter_spec = [
+        spec for spec in response.context["cl"].filter_specs if isinstance(spec, TaskKeyFilter)
+    ][0]
+    assert [value for value, _ in filter_spec.lookup_choices] == [f"key-{i:02d}" for i in range(20)]
+    only = admin_client.get(RUNS, {"task_key": "key-03"})
+    assert only.context["cl"].result_count == 3
+
+
+def test_search_by_id(admin_client):
+    [record, *_] = _records(3)
+    response = admin_client.get(RUNS, {"q": str(record.pk)})
+    assert response.context["cl"].result_count == 1
+
+
+def test_run_detail_shows_json_and_the_traceback(admin_client):
+    [record] = _records(
+        1,
+        state_type=StateType.FAILED,
+        state_name="Failed",
+        parameters={"args": [1, 2], "kwargs": {"to": "a@example.com"}},
+        result={"answer": 42},
+        error={"type": "ValueError", "message": "bad <input>", "traceback": "Traceback:\n  x < y"},
+        run_count=2,
+        retries=1,
+    )
+    response = admin_client.get(f"{RUNS}{record.pk}/change/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert '<pre class="tq-json">{\n  &quot;args&quot;: [\n    1,\n    2\n  ],' in html
+    assert "&quot;answer&quot;: 42" in html
+    assert "ValueError: bad &lt;input&gt;" in html
+    assert '<pre class="tq-traceback">Traceback:\n  x &lt; y</pre>' in html
+    assert "taskqueue_app/dashboard.css" in html
