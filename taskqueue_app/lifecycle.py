@@ -18,6 +18,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from .conf import taskqueue_settings
 from .models import FINISHED_STATES, TERMINAL_STATES, StateType, TaskRunRecord
 from .records import writer
 from .schemas import TaskRun, now, run_from_request
@@ -69,6 +70,8 @@ class _State:
         self.started: asyncio.Future | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shutdown_callbacks: list = []
+        # Hand retries one at a time: two racing requests must not both see the run FAILED.
+        self.retry_lock = asyncio.Lock()
 
 
 _state = _State()
@@ -180,9 +183,10 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
     """Validate, record durably, and queue a new run; returns (run, created).
 
     An existing (task_key, dynamic_key) returns that run and False, queued once. A full
-    scheduled lane raises ``QueueFullError`` with nothing stored. Raises ``ValidationError``.
+    scheduled lane raises ``QueueFullError`` with nothing stored. Raises ``ValidationError``
+    (``TooLargeError`` when the run's JSON would exceed ``MAX_MESSAGE_BYTES``).
     """
-    run = run_from_request(data)
+    run = run_from_request(data, taskqueue_settings.MAX_MESSAGE_BYTES)
     key = run.task_key
     immediate = run.expected_start_time is None or run.expected_start_time <= now()
     if immediate:
@@ -335,18 +339,19 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
     Raises ``NotFinishedError`` unless it is FAILED, CRASHED or CANCELLED, and
     ``QueueFullError`` when the retry lane is full.
     """
-    run = await get(run_id)
-    if run is None:
-        return None
-    if run.state_type not in FINISHED_STATES:
-        raise NotFinishedError(f"run {run_id} is {run.state_type}, not finished")
-    if TaskQueue.for_key(run.task_key).retry_full():
-        raise QueueFullError(f"the retry queue of {run.task_key!r} is full")
-    again = run.with_state(
-        StateType.SCHEDULED, "AwaitingRetry", finished=None, expected_start_time=now()
-    )
-    writer.update(again, "finished", "expected_start_time")
-    await writer.flush()
+    async with _state.retry_lock:
+        run = await get(run_id)
+        if run is None:
+            return None
+        if run.state_type not in FINISHED_STATES:
+            raise NotFinishedError(f"run {run_id} is {run.state_type}, not finished")
+        if TaskQueue.for_key(run.task_key).retry_full():
+            raise QueueFullError(f"the retry queue of {run.task_key!r} is full")
+        again = run.with_state(
+            StateType.SCHEDULED, "AwaitingRetry", finished=None, expected_start_time=now()
+        )
+        writer.update(again, "finished", "expected_start_time")
+        await writer.flush()
     _enqueue(again)
     return again
 

@@ -35,6 +35,10 @@ class ValidationError(ValueError):
     """Producer input that cannot become a run; ``str()`` says what is wrong, naming the field."""
 
 
+class TooLargeError(ValidationError):
+    """A run whose JSON form would exceed the size limit: no worker could ever receive it."""
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -200,8 +204,25 @@ def parse_uuid(value: Any, name: str = "id") -> uuid.UUID:
         raise ValidationError(f"{name} must be a UUID string, not {value!r}") from None
 
 
-def run_from_request(data: Any) -> TaskRun:
-    """Validate a producer's create request and build the new run; one message per problem."""
+def check_encodable(run: TaskRun, max_bytes: int | None = None) -> None:
+    """Raise unless ``run`` has a JSON form (Python callers may pass any parameters) of at most
+    ``max_bytes``; a run accepted but too large to send would bounce off every worker."""
+    try:
+        encoded = json.dumps(run.to_dict(), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"parameters must be JSON-serializable: {exc}") from None
+    # ensure_ascii (the default) makes the length of the text its length in bytes.
+    if max_bytes is not None and len(encoded) > max_bytes:
+        raise TooLargeError(
+            f"the run's JSON would be {len(encoded)} bytes, over MAX_MESSAGE_BYTES ({max_bytes})"
+        )
+
+
+def run_from_request(data: Any, max_bytes: int | None = None) -> TaskRun:
+    """Validate a producer's create request and build the new run; one message per problem.
+
+    With ``max_bytes``, a run whose JSON form would be larger raises ``TooLargeError``.
+    """
     data = _require_object(data, "the request body")
     unknown = sorted(set(data) - CREATE_FIELDS)
     if unknown:
@@ -223,13 +244,17 @@ def run_from_request(data: Any) -> TaskRun:
         else task_key.rsplit(".", 1)[-1][:NAME_MAX]
     )
     parameters = _require_object(data.get("parameters", {}), "parameters")
-    policy = _require_object(data.get("empirical_policy") or {}, "empirical_policy")
+    # Only null means "absent": a falsy value of the wrong type ([], "", 0) is still wrong.
+    policy = data.get("empirical_policy")
+    policy = _require_object({} if policy is None else policy, "empirical_policy")
     unknown_policy = sorted(set(policy) - POLICY_FIELDS)
     if unknown_policy:
         raise ValidationError(f"empirical_policy has unknown field(s): {', '.join(unknown_policy)}")
-    retries = _non_negative_int(policy.get("retries", 0) or 0, "empirical_policy.retries")
+    retries = policy.get("retries")
+    retries = _non_negative_int(0 if retries is None else retries, "empirical_policy.retries")
+    delay = policy.get("retry_delay_seconds")
     delay = _non_negative_number(
-        policy.get("retry_delay_seconds", 0) or 0, "empirical_policy.retry_delay_seconds"
+        0 if delay is None else delay, "empirical_policy.retry_delay_seconds"
     )
     if data.get("state") is not None:
         state = _require_object(data["state"], "state")
@@ -242,7 +267,7 @@ def run_from_request(data: Any) -> TaskRun:
             raise ValidationError("state.type must be SCHEDULED for a new run")
     expected = data.get("expected_start_time")
     created = now()
-    return TaskRun(
+    run = TaskRun(
         id=run_id,
         task_key=task_key,
         dynamic_key=dynamic_key,
@@ -257,3 +282,5 @@ def run_from_request(data: Any) -> TaskRun:
             parse_datetime(expected, "expected_start_time") if expected is not None else None
         ),
     )
+    check_encodable(run, max_bytes)
+    return run

@@ -28,7 +28,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import lifecycle
 from .auth import token_auth
 from .conf import taskqueue_settings
-from .schemas import TaskRun, ValidationError, parse_uuid
+from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
 from .task_queue import TaskQueue
 from .workers import registry
 
@@ -130,6 +130,8 @@ def read_json(request: HttpRequest, *, required: bool) -> Any:
         return json.loads(body, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise HttpError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HttpError(400, "the request body is nested too deeply") from None
 
 
 def _run_id(value: str) -> Any:
@@ -152,6 +154,8 @@ async def task_runs(request: HttpRequest) -> HttpResponse:
     data = read_json(request, required=True)
     try:
         run, created = await lifecycle.create(data)
+    except TooLargeError as exc:
+        raise HttpError(413, str(exc)) from None
     except ValidationError as exc:
         raise HttpError(400, str(exc)) from None
     except lifecycle.QueueFullError as exc:

@@ -534,3 +534,24 @@ async def test_staff_session_is_accepted_for_reads_only():
 async def test_a_session_that_is_not_staff_is_refused():
     user = await logged_in(is_staff=False)
     assert (await user.get(QUEUES)).status_code == 401
+
+
+@override_settings(TASKQUEUE={"MAX_MESSAGE_BYTES": 1000})
+@db
+async def test_a_run_whose_json_would_exceed_the_limit_is_413(client):
+    # The body fits, but the run built from it (with its added fields) would not reach a worker.
+    body = {"task_key": "k", "parameters": {"blob": "x" * 600}}
+    assert len(json.dumps(body)) < 1000
+    response = await post(client, RUNS, body)
+    assert response.status_code == 413
+    assert "over MAX_MESSAGE_BYTES (1000)" in response.json()["error"]
+    assert await record_count() == 0
+
+
+@db
+async def test_a_body_nested_too_deeply_is_400(client):
+    response = await post(client, RUNS, "[" * 100_000 + "]" * 100_000)
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "the request body is nested too deeply"},
+    )
