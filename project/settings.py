@@ -85,6 +85,14 @@ TASKQUEUE = {
     "SERVER_URL": os.environ.get("TASKQUEUE_SERVER_URL", "http://127.0.0.1:8000/api"),
 }
 
+# The Django Tasks framework (django.tasks on Django 6, the django-tasks backport on 5.2) hands
+# task runs to taskqueue_app; `manage.py taskworker` runs them.
+TASKS = {
+    "default": {
+        "BACKEND": "taskqueue_app.backend.TaskQueueBackend",
+        "OPTIONS": {"retries": 0, "retry_delay_seconds": 0},
+    }
+}
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en-us"

@@ -1,0 +1,130 @@
+"""``TaskWorker`` inside a Django project: Tasks-framework context, signals, DB connections."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from .backend import TaskQueueBackend
+from .models import StateType
+from .schemas import TaskRun
+from .tasks_compat import (
+    Task,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultStatus,
+    task_finished,
+    task_started,
+)
+from .worker import TaskWorker, _error_of
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DjangoTaskWorker"]
+
+
+class DjangoTaskWorker(TaskWorker):
+    """Runs Tasks-framework ``Task`` objects as the framework expects: a ``TaskContext`` for
+    ``takes_context`` tasks, ``task_started`` / ``task_finished`` around each run, and stale
+    database connections closed between runs of sync tasks (as Django does per request)."""
+
+    def _task_result(self, key: str, run: dict[str, Any], args: list, kwargs: dict) -> TaskResult:
+        task: Task = self.tasks[key]
+        backend = task.get_backend()
+        attempts = int(run.get("run_count") or 0) + 1  # this attempt is being started now
+        now = timezone.now()
+        value = TaskRun(
+            id=uuid.UUID(str(run["id"])),
+            task_key=key,
+            dynamic_key=str(run.get("dynamic_key") or key),
+            name=str(run.get("name") or task.name),
+            parameters={"args": args, "kwargs": kwargs},
+            state_type=StateType.RUNNING,
+            state_name="Running",
+            run_count=attempts,
+            started=now,
+            worker=self.client_id,
+        )
+        if isinstance(backend, TaskQueueBackend):
+            return backend.result_of(value, task)
+        return TaskResult(
+            task=task,
+            id=str(value.id),
+            status=TaskResultStatus.RUNNING,
+            enqueued_at=None,
+            started_at=now,
+            finished_at=None,
+            last_attempted_at=now,
+            args=args,
+            kwargs=kwargs,
+            backend=task.backend,
+            errors=[],
+            worker_ids=[self.client_id] * attempts,
+        )
+
+    def _arguments(self, key: str, result: TaskResult | None, args: list) -> list:
+        task = self.tasks[key]
+        if result is not None and task.takes_context:
+            return [TaskContext(task_result=result), *args]
+        return args
+
+    @staticmethod
+    def _finish(result: TaskResult, value: Any = None, exc: BaseException | None = None) -> None:
+        object.__setattr__(result, "finished_at", timezone.now())
+        if exc is None:
+            object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
+            object.__setattr__(result, "_return_value", value)
+        else:
+            error = _error_of(exc)
+            result.errors.append(
+                TaskError(exception_class_path=error["type"], traceback=error["traceback"])
+            )
+            object.__setattr__(result, "status", TaskResultStatus.FAILED)
+
+    def call_sync(
+        self, key: str, func: Callable, run: dict[str, Any], args: list, kwargs: dict
+    ) -> Any:
+        """Call a sync task in a pool thread, between ``task_started`` and ``task_finished``."""
+        if not isinstance(self.tasks[key], Task):
+            return super().call_sync(key, func, run, args, kwargs)
+        close_old_connections()
+        result = self._task_result(key, run, args, kwargs)
+        sender = type(result.task.get_backend())
+        try:
+            task_started.send(sender=sender, task_result=result)
+            try:
+                value = func(*self._arguments(key, result, args), **kwargs)
+            except BaseException as exc:
+                self._finish(result, exc=exc)
+                task_finished.send(sender=sender, task_result=result)
+                raise
+            self._finish(result, value)
+            task_finished.send(sender=sender, task_result=result)
+            return value
+        finally:
+            close_old_connections()
+
+    async def call_async(
+        self, key: str, func: Callable, run: dict[str, Any], args: list, kwargs: dict
+    ) -> Any:
+        """Await an async task in the worker's loop, between the same two signals."""
+        if not isinstance(self.tasks[key], Task):
+            return await super().call_async(key, func, run, args, kwargs)
+        result = self._task_result(key, run, args, kwargs)
+        sender = type(result.task.get_backend())
+        await task_started.asend(sender=sender, task_result=result)
+        try:
+            value = await func(*self._arguments(key, result, args), **kwargs)
+        except BaseException as exc:
+            self._finish(result, exc=exc)
+            await task_finished.asend(sender=sender, task_result=result)
+            raise
+        self._finish(result, value)
+        await task_finished.asend(sender=sender, task_result=result)
+        return value
