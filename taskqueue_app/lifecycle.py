@@ -72,6 +72,9 @@ class _State:
         self.shutdown_callbacks: list = []
         # Hand retries one at a time: two racing requests must not both see the run FAILED.
         self.retry_lock = asyncio.Lock()
+        # Runs settled by an outcome while a copy of them still waited in a queue (given back
+        # when an earlier connection closed): that copy is dropped at delivery, not run again.
+        self.settled: dict[uuid.UUID, None] = {}
 
 
 _state = _State()
@@ -220,6 +223,7 @@ async def acknowledge(
     run = TaskQueue.held_run(holder, run_id)
     if run is None:
         return None
+    _state.settled.pop(run_id, None)  # this is the copy in a worker's hands now
     pending = run.with_state(StateType.PENDING, "Pending", worker=client_id)
     if watch:
         TaskQueue.hold(holder, pending)  # replaces the SCHEDULED copy, in place
@@ -237,6 +241,7 @@ async def _locate(holder: str, run_id: uuid.UUID) -> TaskRun | None:
     held = TaskQueue.held_run(holder, run_id)
     if held is not None:
         return held
+    await writer.flush()  # the record must show the state changes still being written
     record = await TaskRunRecord.objects.filter(pk=run_id).afirst()
     return TaskRun.from_record(record) if record is not None else None
 
@@ -246,6 +251,7 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
     run = await _locate(holder, run_id)
     if run is None or run.state_type in TERMINAL_STATES:
         return None
+    _note_queued_copy(holder, run)
     TaskQueue.ack(holder, run_id)
     running = run.with_state(
         StateType.RUNNING,
@@ -257,6 +263,28 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
     _state.running.setdefault(holder, {})[run_id] = running
     writer.update(running, "run_count", "started", "worker")
     return running
+
+
+SETTLED_MEMORY = 10_000  # bounds the memory of settled runs whose queued copy is never delivered
+
+
+def _note_queued_copy(holder: str, run: TaskRun) -> None:
+    """An outcome for a run recorded SCHEDULED that ``holder`` does not hold: it was given back
+    when an earlier connection closed and a copy waits in a queue; delivery must drop it."""
+    if run.state_type == StateType.SCHEDULED and TaskQueue.held_run(holder, run.id) is None:
+        settled = _state.settled
+        settled[run.id] = None
+        if len(settled) > SETTLED_MEMORY:
+            del settled[next(iter(settled))]
+
+
+def take_settled(run_id: uuid.UUID) -> bool:
+    """True, once, when a queued copy of ``run_id`` must not be delivered (see ``start``)."""
+    settled = _state.settled
+    if settled and run_id in settled:
+        del settled[run_id]
+        return True
+    return False
 
 
 def _forget(holder: str, run_id: uuid.UUID) -> None:
@@ -273,6 +301,7 @@ async def complete(holder: str, run_id: uuid.UUID, result: Any) -> TaskRun | Non
     run = await _locate(holder, run_id)
     if run is None or run.state_type in TERMINAL_STATES:
         return None
+    _note_queued_copy(holder, run)
     _forget(holder, run_id)
     done = run.with_state(StateType.COMPLETED, "Completed", result=result, finished=now())
     writer.update(done, "result", "finished", "run_count", "started", "worker")
@@ -300,6 +329,7 @@ async def fail(holder: str, run_id: uuid.UUID, error: Any) -> TaskRun | None:
     run = await _locate(holder, run_id)
     if run is None or run.state_type in TERMINAL_STATES:
         return None
+    _note_queued_copy(holder, run)
     _forget(holder, run_id)
     return _retry_or_finish(run, StateType.FAILED, "Failed", error)
 
@@ -393,8 +423,10 @@ async def ensure_started() -> None:
 
 
 def on_shutdown(callback) -> None:
-    """Call ``callback()`` (a coroutine function) when the server stops."""
-    _state.shutdown_callbacks.append(callback)
+    """Call ``callback()`` (a coroutine function) when the server stops; once however often
+    it is registered."""
+    if callback not in _state.shutdown_callbacks:
+        _state.shutdown_callbacks.append(callback)
 
 
 async def shutdown() -> None:

@@ -1,0 +1,258 @@
+"""The WebSocket subscription consumer: streams a key's runs to workers, one ack per run (§6)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+import weakref
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from . import auth, daphne_close, lifecycle, protocol
+from .conf import taskqueue_settings
+from .protocol import ProtocolError, Subscription
+from .task_queue import MultiQueue, TaskQueue
+from .workers import registry
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SubscriptionConsumer", "close_all_subscriptions", "live_subscriptions"]
+
+# Over Daphne, let 1008/1012/4001 and their reasons reach the client (see daphne_close).
+daphne_close.install()
+
+# Every live connection, so that a stopping server can tell each worker to reconnect.
+_live: weakref.WeakSet[SubscriptionConsumer] = weakref.WeakSet()
+_closers: set[asyncio.Task] = set()
+
+
+class Phase(enum.Enum):
+    """Where a connection is in the protocol."""
+
+    CONNECTING = "connecting"
+    AUTH = "auth"
+    SUBSCRIBE = "subscribe"
+    SUBSCRIBED = "subscribed"
+    CLOSED = "closed"
+
+
+def live_subscriptions() -> int:
+    """How many connections are open in this process."""
+    return sum(consumer.phase is not Phase.CLOSED for consumer in list(_live))
+
+
+async def close_all_subscriptions() -> int:
+    """The server is stopping: close every connection with 1012 so that its worker reconnects.
+
+    Never 1000/1001, which Prefect's client takes as final. Run states are left as recorded:
+    unacked runs are SCHEDULED and restored at the next start; runs a worker took stay with it
+    and it reports their outcome after reconnecting.
+    """
+    consumers = [consumer for consumer in list(_live) if consumer.phase is not Phase.CLOSED]
+    for consumer in consumers:
+        await consumer.stop_for_restart()
+    return len(consumers)
+
+
+class SubscriptionConsumer(AsyncWebsocketConsumer):
+    """One worker connection: auth, subscribe, then runs out and acks/outcomes in."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn_id = uuid.uuid4().hex  # the "holder" of the runs this connection claims
+        self.phase = Phase.CONNECTING
+        self.subscription: Subscription | None = None
+        # Ids of runs sent and not yet acked, oldest first (a dict is an ordered set).
+        self.unacked: dict[uuid.UUID, None] = {}
+        self.credits = 0
+        self.credit_available = asyncio.Event()
+        self.delivery: asyncio.Task | None = None
+        self.restarting = False
+
+    # -- Channels plumbing --------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Normally the disconnect handler has cleaned up; this covers a consumer cancelled
+            # or crashed mid-way, so that its runs never stay held by a dead connection.
+            if self.phase is not Phase.CLOSED:
+                await self._end(give_back=not self.restarting)
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels' dispatch closes old DB connections in a thread before every message: one
+        # thread hop per ack. The consumer touches the database only through lifecycle's async
+        # ORM calls, so it calls the handler directly (the disconnect handler still cleans up).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # -- the protocol -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Step 1: the ``prefect`` subprotocol means auth follows; none is legacy mode."""
+        if protocol.SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
+            self.phase = Phase.AUTH
+            await self.accept(protocol.SUBPROTOCOL)
+        elif auth.token_required():
+            # Refused before accepting: the server answers the upgrade with HTTP 403.
+            self.phase = Phase.CLOSED
+            await self.close(code=protocol.CLOSE_POLICY_VIOLATION, reason=protocol.LEGACY_REFUSED)
+            return
+        else:
+            self.phase = Phase.SUBSCRIBE
+            await self.accept()
+        _live.add(self)
+        lifecycle.on_shutdown(close_all_subscriptions)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Every frame from the worker, routed by the phase the connection is in."""
+        if self.phase is Phase.CLOSED:
+            return
+        try:
+            message = protocol.decode(text_data, bytes_data, taskqueue_settings.MAX_MESSAGE_BYTES)
+            if self.phase is Phase.SUBSCRIBED:
+                await self._on_message(message)
+            elif self.phase is Phase.AUTH:
+                protocol.check_auth(message)
+                self.phase = Phase.SUBSCRIBE
+                await self.send(text_data=protocol.AUTH_SUCCESS)
+            else:
+                self._subscribe(protocol.parse_subscribe(message))
+        except ProtocolError as error:
+            await self._close(error.code, error.reason)
+
+    def _subscribe(self, subscription: Subscription) -> None:
+        """Step 3: register the worker and start delivering, ``prefetch`` runs at a time."""
+        self.subscription = subscription
+        self.phase = Phase.SUBSCRIBED
+        registry.connect(self.conn_id, subscription.client_id, subscription.keys)
+        self._add_credits(subscription.prefetch)
+        self.delivery = asyncio.get_running_loop().create_task(
+            self._deliver(MultiQueue(subscription.keys)),
+            name=f"taskqueue-delivery-{self.conn_id}",
+        )
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "ack":
+            await self._ack(protocol.run_id_of(message, required=False))
+        elif kind in protocol.OUTCOMES:
+            await self._outcome(kind, protocol.run_id_of(message, required=True), message)
+        elif kind == "quit":
+            await self._close(protocol.CLOSE_NORMAL, None)
+            return
+        else:
+            raise protocol.unknown_type(message)
+        registry.touch(self.conn_id)
+
+    async def _ack(self, run_id: uuid.UUID | None) -> None:
+        """Step 4: the named run, or the oldest unacked one, becomes PENDING; one more credit."""
+        if run_id is None:
+            if not self.unacked:
+                return  # nothing to ack: a stray ack changes nothing
+            run_id = next(iter(self.unacked))
+        elif run_id not in self.unacked:
+            return  # not a run this connection is waiting on (acked already, or never sent)
+        del self.unacked[run_id]
+        assert self.subscription is not None
+        await lifecycle.acknowledge(
+            self.conn_id,
+            run_id,
+            self.subscription.client_id,
+            watch=self.subscription.reports_outcomes,
+        )
+        self._add_credits(1)
+
+    async def _outcome(self, kind: str, run_id: uuid.UUID, message: dict[str, Any]) -> None:
+        """Step 5: started / completed / failed, for a run of this or an earlier connection."""
+        if run_id in self.unacked:
+            # An outcome before the ack implies the ack: the slot is free again.
+            del self.unacked[run_id]
+            self._add_credits(1)
+        if kind == "started":
+            assert self.subscription is not None
+            await lifecycle.start(self.conn_id, run_id, self.subscription.client_id)
+        elif kind == "completed":
+            await lifecycle.complete(self.conn_id, run_id, message.get("result"))
+        else:
+            await lifecycle.fail(self.conn_id, run_id, protocol.error_of(message))
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    def _add_credits(self, count: int) -> None:
+        self.credits += count
+        self.credit_available.set()
+
+    async def _deliver(self, queue: MultiQueue) -> None:
+        """Claim and send runs while the worker has credit; sleep on an event otherwise."""
+        try:
+            while True:
+                while self.credits <= 0:
+                    self.credit_available.clear()
+                    await self.credit_available.wait()
+                # The claim records the run as held by this connection before it returns: if the
+                # socket dies before the send, closing the connection gives it back, first in line.
+                run = await queue.claim(self.conn_id)
+                if lifecycle.take_settled(run.id):
+                    # An outcome reported after a reconnect finished it while this copy waited.
+                    TaskQueue.ack(self.conn_id, run.id)
+                    continue
+                self.unacked[run.id] = None
+                self.credits -= 1
+                await self.send(text_data=run.to_json())
+                registry.touch(self.conn_id)
+        except Exception:
+            # Never leave a connection open that no longer delivers: close it (its runs go back)
+            # from another task, since closing cancels this one.
+            logger.exception("delivery to connection %s failed", self.conn_id)
+            closer = asyncio.get_running_loop().create_task(
+                self._close(protocol.CLOSE_INTERNAL_ERROR, "Internal server error")
+            )
+            _closers.add(closer)  # a task nobody references may be collected before it runs
+            closer.add_done_callback(_closers.discard)
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    async def _close(self, code: int, reason: str | None) -> None:
+        """Close from our side: give the runs back first (step 6/7), then send the close."""
+        if self.phase is Phase.CLOSED:
+            return
+        await self._end(give_back=True)
+        await self.close(code=code, reason=reason)
+
+    async def disconnect(self, code: int) -> None:
+        """The socket closed (cleanly or not): its runs go back (step 7)."""
+        await self._end(give_back=not self.restarting)
+
+    async def stop_for_restart(self) -> None:
+        """Close with 1012 for a server restart, leaving the runs' states as recorded (step 9)."""
+        if self.phase is Phase.CLOSED:
+            return
+        self.restarting = True
+        # No await before the close frame is out: the server cancels every connection's task
+        # right after its shutdown hooks start, and this must win that race.
+        await self._end(give_back=False)
+        await self.close(code=protocol.CLOSE_SERVICE_RESTART, reason=protocol.SERVICE_RESTART)
+
+    async def _end(self, give_back: bool) -> None:
+        """Stop delivering and forget the connection; with ``give_back`` its runs return too."""
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        _live.discard(self)
+        if self.delivery is not None:
+            # Cancelling is enough: a run handed over in the same tick goes back to its queue
+            # inside claim(), and one already claimed is held by conn_id and released below.
+            self.delivery.cancel()
+            self.delivery = None
+        registry.disconnect(self.conn_id)
+        self.unacked.clear()
+        if give_back:
+            await lifecycle.disconnect(self.conn_id)
