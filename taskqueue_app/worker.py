@@ -135,7 +135,9 @@ class TaskWorker:
         self._quit_sent = False
         self._stop_event: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._connected = threading.Event()  # set while subscribed (for tests in other threads)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Set while subscribed; other threads (tests, an embedding program) may wait on it.
+        self.connected = threading.Event()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class TaskWorker:
 
         Raises ``WorkerAuthError`` when the server refuses the token.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._executor = ThreadPoolExecutor(self.limit, thread_name_prefix="taskworker")
         signals = self._install_signal_handlers(loop)
@@ -195,9 +197,17 @@ class TaskWorker:
     def stop(self, force: bool = False) -> None:
         """Stop taking runs and finish those running; ``force``: hand them back and exit now.
 
-        Safe to call from the worker's loop only (signal handlers run there); from another
-        thread use ``loop.call_soon_threadsafe(worker.stop)``.
+        A second call without ``force`` counts as forced (a second Ctrl-C). Thread-safe.
         """
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                in_loop = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                in_loop = False
+            if not in_loop:
+                loop.call_soon_threadsafe(self.stop, force)
+                return
         if self._stopping and not force:
             force = True  # a second request means "now"
         if force:
@@ -251,7 +261,7 @@ class TaskWorker:
                 await self._handshake(ws)
                 subscribed = True
                 self._ws, self._quit_sent = ws, False
-                self._connected.set()
+                self.connected.set()
                 logger.info(
                     "connected to %s as %s, serving %s", self.ws_url, self.client_id, self.keys
                 )
@@ -263,7 +273,7 @@ class TaskWorker:
                 closed = exc
             finally:
                 self._ws = None
-                self._connected.clear()
+                self.connected.clear()
                 # Runs delivered but not acked go back to the server's retry queue on close.
                 self._waiting.clear()
         code = closed.rcvd.code if closed is not None and closed.rcvd else ws.close_code
