@@ -12,6 +12,9 @@ Choices where DESIGN is silent:
   other declared type is a 415. A POST without a body declares nothing to check.
 - The size limit (``MAX_MESSAGE_BYTES``) is judged from ``Content-Length`` before the body is
   read, and from the bytes actually read (at most one over the limit) before parsing.
+  A body that fits but whose run (with the fields the server adds) would not is a 413 too.
+- A create whose ``id`` is taken by a run of another (task_key, dynamic_key) is a 409.
+- A database that refuses the insert is a 503 with ``Retry-After``: the run was not accepted.
 """
 
 from __future__ import annotations
@@ -163,7 +166,25 @@ async def task_runs(request: HttpRequest) -> HttpResponse:
     except DatabaseError as exc:
         # Not recorded, so not accepted: the producer must try again (nothing is lost).
         raise _busy(f"the run could not be recorded ({exc}); try again later", 1) from None
+    if not created and _other_run(run, data):
+        raise HttpError(
+            409,
+            f"id {run.id} belongs to another run "
+            f"(task_key {run.task_key!r}, dynamic_key {run.dynamic_key!r})",
+        )
     return _run_response(run, 201 if created else 200)
+
+
+def _other_run(existing: TaskRun, data: dict) -> bool:
+    """True when the run found for a create is not the one asked for: only its id matched.
+
+    The same (task_key, dynamic_key) is the same run (200); the same id with another key is a
+    collision the producer must hear about, not a silent answer about somebody else's run.
+    """
+    dynamic_key = data.get("dynamic_key")
+    return existing.task_key != data.get("task_key") or (
+        dynamic_key is not None and existing.dynamic_key != dynamic_key
+    )
 
 
 @api_view("GET")

@@ -555,3 +555,44 @@ async def test_a_body_nested_too_deeply_is_400(client):
         400,
         {"error": "the request body is nested too deeply"},
     )
+
+
+def _rename_table(old: str, new: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+@db
+async def test_a_database_that_refuses_the_insert_is_503_and_nothing_is_queued(client):
+    table = TaskRunRecord._meta.db_table
+    await sync_to_async(_rename_table)(table, f"{table}_away")
+    try:
+        response = await post(client, RUNS, {"task_key": "k"})
+    finally:
+        await sync_to_async(_rename_table)(f"{table}_away", table)
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json()["error"].startswith("the run could not be recorded (")
+    assert queued("k") == 0
+    # The writer keeps going: the next run is accepted.
+    assert (await post(client, RUNS, {"task_key": "k"})).status_code == 201
+
+
+@db
+async def test_an_id_that_belongs_to_another_run_is_409(client):
+    run_id = str(uuid.uuid4())
+    first = await post(client, RUNS, {"id": run_id, "task_key": "a", "dynamic_key": "one"})
+    assert first.status_code == 201
+    # The same id again for the same run is a retried request: the run, 200.
+    again = await post(client, RUNS, {"id": run_id, "task_key": "a"})
+    assert (again.status_code, again.json()["id"]) == (200, run_id)
+    for other in ({"task_key": "b"}, {"task_key": "a", "dynamic_key": "two"}):
+        response = await post(client, RUNS, {"id": run_id, **other})
+        assert response.status_code == 409
+        assert response.json() == {
+            "error": f"id {run_id} belongs to another run (task_key 'a', dynamic_key 'one')"
+        }
+    assert await record_count() == 1
+    assert queued("a") == 1 and queued("b") == 0
