@@ -1,0 +1,60 @@
+"""Test-only views that use the Tasks backend inside the server: from a sync view (a thread of
+the server process) and from an async view (the server's event loop)."""
+
+from __future__ import annotations
+
+import threading
+
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+
+from project.tasks import add
+from project.urls import urlpatterns as project_urlpatterns
+from taskqueue_app.tasks_compat import task
+
+
+@task()
+def never_run() -> None:
+    """Its queue holds one run and no worker serves it."""
+
+
+def _answer(result, read_back, in_thread: str) -> JsonResponse:
+    return JsonResponse(
+        {
+            "id": result.id,
+            "status": result.status,
+            "task": result.task.module_path,
+            "read_back": read_back.status,
+            "thread": in_thread,
+        }
+    )
+
+
+def enqueue_sync(request: HttpRequest) -> JsonResponse:
+    """A sync view: Daphne runs it in a thread, so the backend hands the create to the loop."""
+    result = add.enqueue(int(request.GET["a"]), int(request.GET["b"]))
+    return _answer(result, add.get_result(result.id), threading.current_thread().name)
+
+
+async def enqueue_async(request: HttpRequest) -> JsonResponse:
+    """An async view: runs in the server's loop, where the backend awaits the create."""
+    result = await add.aenqueue(int(request.GET["a"]), b=int(request.GET["b"]))
+    read_back = await add.aget_result(result.id)
+    return _answer(result, read_back, threading.current_thread().name)
+
+
+def result_sync(request: HttpRequest, result_id: str) -> JsonResponse:
+    """get_result from a sync view: status, value, attempts."""
+    result = add.get_result(result_id)
+    body = {"status": result.status, "attempts": result.attempts}
+    if result.is_finished and result.status == "SUCCESSFUL":
+        body["return_value"] = result.return_value
+    return JsonResponse(body)
+
+
+urlpatterns = [
+    *project_urlpatterns,
+    path("test/enqueue-sync", enqueue_sync),
+    path("test/enqueue-async", enqueue_async),
+    path("test/result/<str:result_id>", result_sync),
+]
