@@ -22,7 +22,8 @@ from .tasks_compat import (
     task_finished,
     task_started,
 )
-from .worker import TaskWorker, _error_of
+from .worker import TaskWorker
+from .worker_support import error_of
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class DjangoTaskWorker(TaskWorker):
             object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
             object.__setattr__(result, "_return_value", value)
         else:
-            error = _error_of(exc)
+            error = error_of(exc)
             result.errors.append(
                 TaskError(exception_class_path=error["type"], traceback=error["traceback"])
             )

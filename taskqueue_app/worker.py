@@ -15,81 +15,37 @@ import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from inspect import iscoroutinefunction
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
+from .worker_support import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    OutcomeError,
+    TaskCalls,
+    WorkerAuthError,
+    error_of,
+    subscription_url,
+    task_key_of,
+    unwrap_task,
+)
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TaskWorker", "WorkerAuthError", "subscription_url", "task_key_of", "unwrap_task"]
 
-SUBSCRIPTION_PATH = "task_runs/subscriptions/scheduled"
 MAX_PREFETCH = 100  # the server's bound on ``prefetch`` (DESIGN §6.3)
-DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # the server's default MAX_MESSAGE_BYTES
 AUTH_CLOSE_CODE = 1008
 
 
-class WorkerAuthError(Exception):
-    """The server refused the worker's token: retrying cannot help, so the worker stops."""
-
-
-def subscription_url(api_url: str) -> str:
-    """The WebSocket subscription address of an API base URL (``https`` gives ``wss``)."""
-    parts = urlsplit(api_url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None or not parts.netloc:
-        raise ValueError(f"the server URL must be http(s)://host[:port]/api, not {api_url!r}")
-    path = parts.path.rstrip("/")
-    if path.endswith("/" + SUBSCRIPTION_PATH):
-        return urlunsplit((scheme, parts.netloc, path, "", ""))
-    return urlunsplit((scheme, parts.netloc, f"{path}/{SUBSCRIPTION_PATH}", "", ""))
-
-
-def unwrap_task(target: Any) -> Callable:
-    """The function behind ``target``: a Tasks-framework ``Task`` gives its ``func``."""
-    func = getattr(target, "func", None)
-    if callable(func) and hasattr(target, "module_path"):
-        return func
-    if not callable(target):
-        raise TypeError(f"{target!r} is not callable")
-    return target
-
-
-def task_key_of(target: Any) -> str:
-    """The task key a callable is served under: ``module.qualname`` (a Task's ``module_path``)."""
-    func = unwrap_task(target)
-    return f"{func.__module__}.{func.__qualname__}"
-
-
-def _error_of(exc: BaseException) -> dict[str, Any]:
-    """The ``error`` object of a ``failed`` message: type (a dotted path), message, traceback."""
-    kind = type(exc)
-    return {
-        "type": f"{kind.__module__}.{kind.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
-
-
-class _Outcome(Exception):
-    """A run's outcome decided by the worker itself (bad result, unknown key), not by the task."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.error = {"type": kind, "message": message, "traceback": None}
-
-
-class TaskWorker:
+class TaskWorker(TaskCalls):
     """Runs task runs delivered by a taskqueue server; one instance per process is the norm.
 
     ``tasks`` maps task keys to callables (or is an iterable of callables, each served under
@@ -129,7 +85,7 @@ class TaskWorker:
         self._ws: ClientConnection | None = None
         self._waiting: deque[dict[str, Any]] = deque()  # delivered, not acked: no free slot yet
         self._running: dict[str, asyncio.Task] = {}
-        self._outbox: list[dict[str, Any]] = []  # outcomes the connection dropped before sending
+        self._outbox: list[str] = []  # outcomes the connection dropped before sending
         self._stopping = False
         self._forced = False
         self._quit_sent = False
@@ -308,7 +264,7 @@ class TaskWorker:
     async def _flush_outbox(self) -> None:
         """Report outcomes of runs that finished while the connection was down."""
         while self._outbox and self._ws is not None:
-            await self._ws.send(json.dumps(self._outbox[0]))
+            await self._ws.send(self._outbox[0])
             self._outbox.pop(0)
             self._maybe_quit()
 
@@ -378,7 +334,7 @@ class TaskWorker:
                 await ws.send(json.dumps({"type": "ack", "id": run_id}))
             except ConnectionClosed:
                 return  # not acked: the server already has it back
-            await self._report(run, 0.0, error=_Outcome("UnknownTaskKey", message).error)
+            await self._report(run, 0.0, error=OutcomeError("UnknownTaskKey", message).error)
             return
         try:
             await ws.send(json.dumps({"type": "ack", "id": run_id}))
@@ -387,72 +343,32 @@ class TaskWorker:
             return  # never started here: the server gives it to the next worker
         started = time.perf_counter()
         try:
-            result = await self._invoke(key, run)
-            text = json.dumps(result, allow_nan=False)
-            if len(text) > self.max_message_bytes:
-                raise _Outcome(
-                    "ResultTooLarge",
-                    f"the return value of {key} is {len(text):,} bytes of JSON, over the "
-                    f"{self.max_message_bytes:,}-byte message limit",
-                )
+            text = self.result_json(key, await self.invoke(key, run))
         except asyncio.CancelledError:
             logger.warning("run %s %s cancelled (worker stopping)", key, run_id)
             raise
-        except _Outcome as exc:
+        except OutcomeError as exc:
             await self._report(run, started, error=exc.error)
         except Exception as exc:
-            await self._report(run, started, error=_error_of(exc))
+            await self._report(run, started, error=error_of(exc))
         else:
-            await self._report(run, started, result=result)
-
-    async def _invoke(self, key: str, run: dict[str, Any]) -> Any:
-        """Call the task with the run's parameters; non-JSON results become ``_Outcome``."""
-        func = self.functions[key]
-        parameters = run.get("parameters") or {}
-        args = parameters.get("args") or []
-        kwargs = parameters.get("kwargs") or {}
-        if iscoroutinefunction(func):
-            result = await self.call_async(key, func, run, args, kwargs)
-        else:
-            loop = asyncio.get_running_loop()
-            call = partial(self.call_sync, key, func, run, args, kwargs)
-            result = await loop.run_in_executor(self._executor, call)
-        try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise _Outcome(
-                "NotJSONSerializable",
-                f"the return value of {key} is not JSON: {exc} (return JSON types: "
-                f"dict, list, str, int, float, bool, None)",
-            ) from None
-        return result
-
-    def call_sync(
-        self, key: str, func: Callable, run: dict[str, Any], args: list, kwargs: dict
-    ) -> Any:
-        """Call a sync task (in a pool thread); subclasses add context and signals here."""
-        return func(*args, **kwargs)
-
-    async def call_async(
-        self, key: str, func: Callable, run: dict[str, Any], args: list, kwargs: dict
-    ) -> Any:
-        """Await an async task (in the worker's loop); subclasses add context and signals."""
-        return await func(*args, **kwargs)
+            await self._report(run, started, result_json=text)
 
     async def _report(
         self,
         run: dict[str, Any],
         started: float,
-        result: Any = None,
+        result_json: str = "null",
         error: dict[str, Any] | None = None,
     ) -> None:
         run_id, key = str(run["id"]), run["task_key"]
         elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
         if error is None:
-            message = {"type": "completed", "id": run_id, "result": result}
+            # The result is JSON already (checked, and sized, once): splice it in.
+            message = f'{{"type":"completed","id":{json.dumps(run_id)},"result":{result_json}}}'
             logger.info("run %s %s completed in %.1f ms", key, run_id, elapsed_ms)
         else:
-            message = {"type": "failed", "id": run_id, "error": error}
+            message = json.dumps({"type": "failed", "id": run_id, "error": error})
             logger.info(
                 "run %s %s failed in %.1f ms: %s: %s",
                 key,
@@ -464,11 +380,11 @@ class TaskWorker:
         self.completed += 1
         await self._send(self._ws, message)
 
-    async def _send(self, ws: ClientConnection | None, message: dict[str, Any]) -> None:
+    async def _send(self, ws: ClientConnection | None, message: str) -> None:
         """Send now if connected, else keep it for the next connection (outcomes are not lost)."""
         if ws is not None and ws is self._ws:
             try:
-                await ws.send(json.dumps(message))
+                await ws.send(message)
                 return
             except ConnectionClosed:
                 pass

@@ -1,0 +1,130 @@
+"""What the worker client needs besides its connection: addresses, keys, calling tasks, errors.
+
+Imports nothing from Django.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+from functools import partial
+from inspect import iscoroutinefunction
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "OutcomeError",
+    "TaskCalls",
+    "WorkerAuthError",
+    "error_of",
+    "subscription_url",
+    "task_key_of",
+    "unwrap_task",
+]
+
+SUBSCRIPTION_PATH = "task_runs/subscriptions/scheduled"
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # the server's default MAX_MESSAGE_BYTES
+
+
+class WorkerAuthError(Exception):
+    """The server refused the worker's token: retrying cannot help, so the worker stops."""
+
+
+def subscription_url(api_url: str) -> str:
+    """The WebSocket subscription address of an API base URL (``https`` gives ``wss``)."""
+    parts = urlsplit(api_url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"the server URL must be http(s)://host[:port]/api, not {api_url!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/" + SUBSCRIPTION_PATH):
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
+    return urlunsplit((scheme, parts.netloc, f"{path}/{SUBSCRIPTION_PATH}", "", ""))
+
+
+def unwrap_task(target: Any) -> Callable:
+    """The function behind ``target``: a Tasks-framework ``Task`` gives its ``func``."""
+    func = getattr(target, "func", None)
+    if callable(func) and hasattr(target, "module_path"):
+        return func
+    if not callable(target):
+        raise TypeError(f"{target!r} is not callable")
+    return target
+
+
+def task_key_of(target: Any) -> str:
+    """The task key a callable is served under: ``module.qualname`` (a Task's ``module_path``)."""
+    func = unwrap_task(target)
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+def error_of(exc: BaseException) -> dict[str, Any]:
+    """The ``error`` object of a ``failed`` message: type (a dotted path), message, traceback."""
+    kind = type(exc)
+    return {
+        "type": f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class OutcomeError(Exception):
+    """A run's outcome decided by the worker itself (bad result, unknown key), not by the task."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.error = {"type": kind, "message": message, "traceback": None}
+
+
+class TaskCalls:
+    """How a worker calls a task and checks what it returns; ``TaskWorker`` mixes it in, and
+    subclasses override ``call_sync`` / ``call_async`` to wrap calls (context, signals)."""
+
+    functions: dict[str, Callable]
+    max_message_bytes: int
+    _executor: Executor | None
+
+    async def invoke(self, key: str, run: dict[str, Any]) -> Any:
+        """Call the task of ``key`` with the run's parameters (sync ones in the pool)."""
+        func = self.functions[key]
+        parameters = run.get("parameters") or {}
+        args = parameters.get("args") or []
+        kwargs = parameters.get("kwargs") or {}
+        if iscoroutinefunction(func):
+            return await self.call_async(key, func, run, args, kwargs)
+        call = partial(self.call_sync, key, func, run, args, kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def call_sync(
+        self, key: str, func: Callable, run: dict[str, Any], args: list, kwargs: dict
+    ) -> Any:
+        """Call a sync task (in a pool thread)."""
+        return func(*args, **kwargs)
+
+    async def call_async(
+        self, key: str, func: Callable, run: dict[str, Any], args: list, kwargs: dict
+    ) -> Any:
+        """Await an async task (in the worker's loop)."""
+        return await func(*args, **kwargs)
+
+    def result_json(self, key: str, result: Any) -> str:
+        """The return value as JSON text; ``OutcomeError`` if it is not JSON or too large."""
+        try:
+            text = json.dumps(result, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise OutcomeError(
+                "NotJSONSerializable",
+                f"the return value of {key} is not JSON: {exc} (return JSON types: "
+                f"dict, list, str, int, float, bool, None)",
+            ) from None
+        if len(text) > self.max_message_bytes:
+            raise OutcomeError(
+                "ResultTooLarge",
+                f"the return value of {key} is {len(text):,} bytes of JSON, over the "
+                f"{self.max_message_bytes:,}-byte message limit",
+            )
+        return text
