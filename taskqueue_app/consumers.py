@@ -28,6 +28,7 @@ daphne_close.install()
 # Every live connection, so that a stopping server can tell each worker to reconnect.
 _live: weakref.WeakSet[SubscriptionConsumer] = weakref.WeakSet()
 _closers: set[asyncio.Task] = set()
+FLUSH_TURNS = 3
 
 
 class Phase(enum.Enum):
@@ -55,6 +56,13 @@ async def close_all_subscriptions() -> int:
     consumers = [consumer for consumer in list(_live) if consumer.phase is not Phase.CLOSED]
     for consumer in consumers:
         await consumer.stop_for_restart()
+    if consumers:
+        logger.info("closed %d subscriptions for a server restart (1012)", len(consumers))
+        # The close frames sit in the transports' buffers until the loop polls the sockets;
+        # Daphne drops every connection, unflushed, as soon as the shutdown hooks finish. A few
+        # turns of the loop let them go out (no timer: a writable socket is flushed at once).
+        for _ in range(FLUSH_TURNS):
+            await asyncio.sleep(0)
     return len(consumers)
 
 
