@@ -1,0 +1,97 @@
+"""Prefect's own subscription client against our server: wire compatibility (issue 4, item 6).
+
+Prefect is not a dependency: this runs only where ``prefect`` (3.x) is installed, e.g. in a
+separate virtualenv holding Prefect and this project's requirements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from taskqueue_app.enqueue_http import post_run
+from taskqueue_app.testing import DaphneServer
+
+prefect = pytest.importorskip(
+    "prefect", reason="Prefect's client is not installed (it is not a dependency of this app)"
+)
+
+from prefect.client.schemas.objects import StateType, TaskRun  # noqa: E402
+from prefect.client.subscriptions import Subscription  # noqa: E402
+from prefect.settings import (  # noqa: E402
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_URL,
+    get_current_settings,
+    temporary_settings,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "prefect-compat-token"
+PATH = "/task_runs/subscriptions/scheduled"  # what Prefect's TaskWorker subscribes to
+WAIT = 10
+
+
+def subscription(keys: list[str]) -> Subscription[TaskRun]:
+    """A subscription built the way Prefect's TaskWorker builds it: base URL from settings."""
+    return Subscription(
+        model=TaskRun,
+        path=PATH,
+        keys=keys,
+        client_id=f"prefect-{uuid.uuid4().hex[:8]}",
+        base_url=get_current_settings().api.url,
+    )
+
+
+def enqueue(server: DaphneServer, key: str, token: str | None = None, **fields) -> str:
+    body = {"task_key": key, "id": str(uuid.uuid4()), **fields}
+    return post_run(server.api_url, body, token, timeout=WAIT)["id"]
+
+
+async def receive(sub: Subscription[TaskRun], count: int) -> list[TaskRun]:
+    runs = []
+    async for run in sub:
+        runs.append(run)
+        if len(runs) == count:
+            return runs
+    raise AssertionError("the subscription ended")
+
+
+async def test_prefects_subscription_receives_runs_as_its_task_run():
+    with DaphneServer() as server, temporary_settings({PREFECT_API_URL: server.api_url}):
+        key = f"compat.{uuid.uuid4().hex[:8]}"
+        ids = [
+            await asyncio.to_thread(
+                enqueue, server, key, parameters={"args": [i], "kwargs": {"x": i}}
+            )
+            for i in range(3)
+        ]
+        sub = subscription([key])
+        runs = await asyncio.wait_for(receive(sub, 3), WAIT)
+        await sub.websocket.close()
+
+    assert all(isinstance(run, TaskRun) for run in runs)
+    assert [str(run.id) for run in runs] == ids
+    assert {run.task_key for run in runs} == {key}
+    assert runs[0].state is not None and runs[0].state.type == StateType.SCHEDULED
+    assert runs[0].state.state_details.deferred is True
+    assert runs[0].empirical_policy.retries == 0
+
+
+async def test_prefects_subscription_authenticates_with_its_auth_string():
+    env = {"TASKQUEUE_AUTH_TOKEN": TOKEN}
+    with DaphneServer(env=env) as server:
+        key = f"compat.{uuid.uuid4().hex[:8]}"
+        run_id = await asyncio.to_thread(enqueue, server, key, TOKEN)
+        settings = {PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: TOKEN}
+        with temporary_settings(settings):
+            sub = subscription([key])
+            (run,) = await asyncio.wait_for(receive(sub, 1), WAIT)
+            await sub.websocket.close()
+        assert str(run.id) == run_id
+
+        wrong = {PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: "wrong"}
+        with temporary_settings(wrong), pytest.raises(Exception, match="Invalid token"):
+            await asyncio.wait_for(receive(subscription([key]), 1), WAIT)
