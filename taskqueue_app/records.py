@@ -11,7 +11,7 @@ from functools import reduce
 from operator import or_
 from typing import Any
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import Q
 
 from .models import TaskRunRecord
@@ -121,9 +121,36 @@ def _commit(
                 new.append(TaskRunRecord(**run.record_fields()))
                 results.append((run, True))
             TaskRunRecord.objects.bulk_create(new)
-        for run_id, values in updates.items():
-            TaskRunRecord.objects.filter(pk=run_id).update(**values)
+        if updates:
+            _write_updates(updates)
     return results
+
+
+def _write_updates(updates: dict[uuid.UUID, dict[str, Any]]) -> None:
+    """One ``executemany`` per set of changed fields: an ORM ``update()`` per row costs about
+    0.3 ms of CPU to build its SQL, three times per run, and that capped end-to-end throughput.
+    Values are still prepared by the model's fields, so every database gets what the ORM sends."""
+    connection = connections[router.db_for_write(TaskRunRecord)]
+    meta, quote = TaskRunRecord._meta, connection.ops.quote_name
+    groups: dict[tuple[str, ...], list[tuple[uuid.UUID, dict[str, Any]]]] = {}
+    for run_id, values in updates.items():
+        groups.setdefault(tuple(values), []).append((run_id, values))
+    with connection.cursor() as cursor:
+        for names, rows in groups.items():
+            fields = [meta.get_field(name) for name in names]
+            assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+            sql = (
+                f"UPDATE {quote(meta.db_table)} SET {assignments} "
+                f"WHERE {quote(meta.pk.column)} = %s"
+            )
+            cursor.executemany(
+                sql,
+                [
+                    [field.get_db_prep_save(values[field.name], connection) for field in fields]
+                    + [meta.pk.get_db_prep_value(run_id, connection)]
+                    for run_id, values in rows
+                ],
+            )
 
 
 writer = RecordWriter()
