@@ -1,0 +1,416 @@
+"""Benchmark of the subscription consumer: runs from enqueue to ack through Daphne, beside a bare
+asyncio + ``websockets`` server doing the same as the ceiling (``bench/ws_ceiling.py``).
+
+Three servers' worth of rows per setting (1 or 4 worker connections, prefetch 1 or 8):
+
+- ``ceiling``: ``bench.ws_ceiling`` in a subprocess; runs arrive as WebSocket frames (no HTTP),
+  wait in an ``asyncio.Queue``, go out to the workers, come back acked. No Django, no records.
+- ``ours, ws enqueue``: Daphne serving ``bench.consumer_asgi``; runs arrive the same way, on a
+  bench-only route that calls ``lifecycle.create`` (validated, recorded durably, queued: what
+  ``POST /api/task_runs/`` does, minus Django's HTTP handling). This is the like-for-like row:
+  the target (>= 40% of the ceiling) applies to it.
+- ``ours, POST``: the same server, runs created with ``POST /api/task_runs/``: the whole path a
+  producer takes. It is bounded by Daphne + Django's HTTP handling (see the http_enqueue stage).
+
+Throughput: 8 producers in closed loop (next run when the last was answered) and the workers
+acking each run as it arrives, ``runs`` runs, from the first send to the last ack. Latency:
+one run at a time (nothing queued), from the producer's send to the worker's receive. Idle: the
+server's CPU (psutil, the server process) while 100 subscribed workers wait.
+
+The load generator is one asyncio loop in this process; on two cores it shares the machine with
+the server, alike for every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import websockets
+
+from bench import common
+
+NAME = "consumer"
+SETTINGS = [(1, 1), (1, 8), (4, 1), (4, 8)]  # (worker connections, prefetch)
+PRODUCERS = 8
+IDLE_WORKERS = 100
+TARGET_RATIO = 0.40
+IDLE_MAX_PCT = 1.0
+SUBSCRIBE_PATH = "/api/task_runs/subscriptions/scheduled"
+ACK = json.dumps({"type": "ack"})
+ROOT = Path(__file__).resolve().parent.parent
+KINDS = ("ceiling", "ws", "post")
+LABELS = {"ceiling": "ceiling (bare websockets)", "ws": "ours, ws enqueue", "post": "ours, POST"}
+
+
+def _body(key: str, run_id: str) -> bytes:
+    return json.dumps(
+        {"task_key": key, "id": run_id, "parameters": {"args": [1, "two"], "kwargs": {"x": 3}}},
+        separators=(",", ":"),
+    ).encode()
+
+
+# -- producers ----------------------------------------------------------------------------------
+
+
+class HttpProducer:
+    """``POST /api/task_runs/`` over one keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def create(self, key: str, run_id: str) -> None:
+        body = _body(key, run_id)
+        self.writer.write(
+            b"POST /api/task_runs/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await self.reader.readexactly(length)
+        if status not in (200, 201):
+            raise RuntimeError(f"POST answered {status}")
+
+    async def close(self) -> None:
+        self.writer.close()
+
+
+class WsProducer:
+    """Runs sent as frames to ``/bench/produce``, each answered with its id."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def open(self) -> None:
+        self.ws = await websockets.connect(
+            f"ws://127.0.0.1:{self.port}/bench/produce", compression=None
+        )
+
+    async def create(self, key: str, run_id: str) -> None:
+        await self.ws.send(_body(key, run_id).decode())
+        answer = json.loads(await self.ws.recv())
+        if "id" not in answer:
+            raise RuntimeError(f"produce answered {answer}")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+class Workers:
+    """``count`` subscribed connections on one key that ack every run as it arrives."""
+
+    def __init__(self, port: int, key: str, count: int, prefetch: int) -> None:
+        self.port, self.key, self.count, self.prefetch = port, key, count, prefetch
+        self.received: dict[str, float] = {}
+        self.expected = 0
+        self.all_in = asyncio.Event()
+        self.sockets: list = []
+        self.tasks: list[asyncio.Task] = []
+
+    async def open(self) -> None:
+        for index in range(self.count):
+            ws = await websockets.connect(
+                f"ws://127.0.0.1:{self.port}{SUBSCRIBE_PATH}",
+                subprotocols=["prefect"],
+                compression=None,
+                max_size=None,
+            )
+            await ws.send(json.dumps({"type": "auth", "token": None}))
+            await ws.recv()
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "subscribe",
+                        "keys": [self.key],
+                        "client_id": f"bench-{index}",
+                        "prefetch": self.prefetch,
+                    }
+                )
+            )
+            self.sockets.append(ws)
+            self.tasks.append(asyncio.create_task(self._serve(ws)))
+
+    def expect(self, count: int) -> None:
+        """Wait for ``count`` more runs (see ``all_in``)."""
+        self.received = {}
+        self.expected = count
+        self.all_in.clear()
+
+    async def _serve(self, ws) -> None:
+        try:
+            async for frame in ws:
+                # Both servers put the id first: '{"id":"<36 characters>"...'
+                self.received[frame[7:43]] = time.perf_counter()
+                await ws.send(ACK)
+                if len(self.received) >= self.expected:
+                    self.all_in.set()
+        except websockets.ConnectionClosed:
+            pass
+
+    async def close(self) -> None:
+        for ws in self.sockets:
+            await ws.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+# -- one measurement -------------------------------------------------------------------------------
+
+
+async def _throughput(port: int, kind: str, workers: int, prefetch: int, runs: int) -> dict:
+    key = f"bench.consumer.{uuid.uuid4().hex[:8]}"
+    pool = Workers(port, key, workers, prefetch)
+    await pool.open()
+    producers = [(HttpProducer if kind == "post" else WsProducer)(port) for _ in range(PRODUCERS)]
+    await asyncio.gather(*(p.open() for p in producers))
+
+    async def produce(producer, ids: list[str]) -> None:
+        for run_id in ids:
+            await producer.create(key, run_id)
+
+    async def batch(count: int) -> float:
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        pool.expect(count)
+        started = time.perf_counter()
+        share = -(-count // PRODUCERS)
+        await asyncio.gather(
+            *(produce(p, ids[i * share : (i + 1) * share]) for i, p in enumerate(producers))
+        )
+        await asyncio.wait_for(pool.all_in.wait(), 120)
+        assert set(pool.received) == set(ids), "a run was lost or not ours"
+        return time.perf_counter() - started
+
+    await batch(max(20, runs // 10))  # warm-up: code paths, connections, the database file
+    latencies = []
+    for _ in range(max(20, runs // 10)):  # one run at a time: the pipeline's own latency
+        run_id = str(uuid.uuid4())
+        pool.expect(1)
+        sent = time.perf_counter()
+        await producers[0].create(key, run_id)
+        await asyncio.wait_for(pool.all_in.wait(), 30)
+        latencies.append(pool.received[run_id] - sent)
+    elapsed = await batch(runs)
+    for producer in producers:
+        await producer.close()
+    await pool.close()
+    p50, p99 = common.p50_p99(latencies)
+    return {
+        "runs": runs,
+        "runs_per_s": runs / elapsed,
+        "p50_ms": p50 * 1000,
+        "p99_ms": p99 * 1000,
+        "latency_samples": len(latencies),
+    }
+
+
+async def _idle_cpu(port: int, pid: int, seconds: float) -> float:
+    """% of one core the server spends while ``IDLE_WORKERS`` subscribed workers wait."""
+    pool = Workers(port, f"bench.idle.{uuid.uuid4().hex[:8]}", IDLE_WORKERS, 1)
+    await pool.open()
+    await asyncio.sleep(1.0)  # every subscribe handled, every delivery task asleep
+    process = psutil.Process(pid)
+    before, wall = process.cpu_times(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    after = process.cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    await pool.close()
+    return 100 * used / (time.perf_counter() - wall)
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+
+class CeilingServer:
+    """``python -m bench.ws_ceiling`` in a subprocess on a free port."""
+
+    def __init__(self) -> None:
+        from taskqueue_app.testing import free_port
+
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> CeilingServer:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.ws_ceiling", "--port", str(self.port)], cwd=ROOT
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)  # another process binding its port: nothing to await
+        raise TimeoutError("the ceiling server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _ours(tmp: str):
+    from taskqueue_app.testing import DaphneServer
+
+    return DaphneServer(
+        "bench.consumer_asgi:application",
+        settings="bench.settings",
+        database=Path(tmp) / "bench.sqlite3",
+        env={"DJANGO_DEBUG": "0"},
+        cwd=ROOT,
+    )
+
+
+def _config(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"runs": {"ceiling": 1000, "ws": 400, "post": 200}, "idle_seconds": 5.0}
+    return {"runs": {"ceiling": 4000, "ws": 1500, "post": 600}, "idle_seconds": 10.0}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Every setting against the ceiling and ours; idle CPU of both. A JSON-able dict."""
+    common.setup_django()
+    config = _config(quick)
+    rows: dict[str, dict[str, Any]] = {}
+    idle: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="taskqueue-bench-") as tmp:
+        ceiling, ours = CeilingServer().start(), _ours(tmp).start()
+        try:
+            for workers, prefetch in SETTINGS:
+                row = rows[f"{workers}x{prefetch}"] = {"workers": workers, "prefetch": prefetch}
+                for kind in KINDS:
+                    port = ceiling.port if kind == "ceiling" else ours.port
+                    common.progress(
+                        f"{NAME}: {LABELS[kind]}, {workers} worker(s), prefetch {prefetch}"
+                    )
+                    row[kind] = asyncio.run(
+                        _throughput(port, kind, workers, prefetch, config["runs"][kind])
+                    )
+                for kind in ("ws", "post"):
+                    row[kind]["of_ceiling"] = row[kind]["runs_per_s"] / row["ceiling"]["runs_per_s"]
+            for label, server in (("ceiling", ceiling), ("ours", ours)):
+                common.progress(f"{NAME}: idle CPU, {IDLE_WORKERS} workers, {label}")
+                pid = server.process.pid
+                idle[label] = asyncio.run(_idle_cpu(server.port, pid, config["idle_seconds"]))
+        finally:
+            ceiling.stop()
+            ours.stop()
+    targets = [
+        {
+            "name": f"throughput, {row['workers']} worker(s), prefetch {row['prefetch']}",
+            "target": f"ours (ws enqueue) >= {TARGET_RATIO:.0%} of the ceiling",
+            "value": round(row["ws"]["of_ceiling"], 3),
+            "met": row["ws"]["of_ceiling"] >= TARGET_RATIO,
+        }
+        for row in rows.values()
+    ]
+    targets.append(
+        {
+            "name": f"idle CPU, {IDLE_WORKERS} workers",
+            "target": f"< {IDLE_MAX_PCT}% of one core",
+            "value": round(idle["ours"], 3),
+            "met": idle["ours"] < IDLE_MAX_PCT,
+        }
+    )
+    return {
+        "config": config,
+        "rows": rows,
+        "idle_cpu_pct": idle,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "targets": targets,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    """The Markdown table of a ``run`` result, with the notes needed to read it."""
+    fmt = common.fmt_number
+    met = {t["name"]: "yes" if t["met"] else "**NO**" for t in result["targets"]}
+    lines = []
+    for row in result["rows"].values():
+        setting = f"{row['workers']} worker(s), prefetch {row['prefetch']}"
+        for kind in KINDS:
+            cell = row[kind]
+            share = f"{cell['of_ceiling']:.0%}" if kind != "ceiling" else "100%"
+            verdict = met[f"throughput, {setting}"] if kind == "ws" else ""
+            lines.append(
+                [
+                    f"{setting}: {LABELS[kind]}",
+                    fmt(cell["runs_per_s"]),
+                    fmt(cell["p50_ms"]),
+                    fmt(cell["p99_ms"]),
+                    share,
+                    verdict,
+                ]
+            )
+    table = common.markdown_table(
+        ["setting: server", "runs/s", "p50 (ms)", "p99 (ms)", "of ceiling", "met (>= 40%)"],
+        lines,
+        "lrrrrl",
+    )
+    idle = result["idle_cpu_pct"]
+    name = f"idle CPU, {IDLE_WORKERS} workers"
+    idle_table = common.markdown_table(
+        ["idle, 100 subscribed workers", "ours", "ceiling", "target", "met"],
+        [
+            [
+                "server CPU (% of one core)",
+                fmt(idle["ours"]),
+                fmt(idle["ceiling"]),
+                f"< {IDLE_MAX_PCT}%",
+                met[name],
+            ]
+        ],
+        "lrrll",
+    )
+    runs = result["config"]["runs"]
+    notes = [
+        f"- runs/s: {PRODUCERS} closed-loop producers, workers ack each run on arrival; "
+        f"{runs['ceiling']:,} / {runs['ws']:,} / {runs['post']:,} runs (ceiling / ws / POST) "
+        "after a warm-up, from the first send to the last ack.",
+        "- p50/p99: one run at a time, from the producer's send to the worker's receive.",
+        "- ceiling: `bench/ws_ceiling.py`, bare asyncio + websockets, runs sent as frames to an "
+        "asyncio.Queue (no HTTP, no database). ours, ws enqueue: Daphne, the same frames on a "
+        "bench-only route calling `lifecycle.create` (durable record). ours, POST: "
+        "`POST /api/task_runs/` through Django (bounded by the http_enqueue stage's figures).",
+        "- Idle: psutil CPU time of the server process over "
+        f"{result['config']['idle_seconds']:g} s; Prefect's server spends about 0.44% of a "
+        "core per idle worker.",
+        f"- Python {result['python']}, {result['cpus']} CPUs; load generator in the same machine.",
+    ]
+    return table + "\n\n" + idle_table + "\n\n" + "\n".join(notes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.consumer [--quick]``: measure and print the tables."""
+    parser = argparse.ArgumentParser(prog="python -m bench.consumer", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer runs, a 5 s idle window")
+    print(report(run(parser.parse_args(argv).quick)))
+
+
+if __name__ == "__main__":
+    main()
