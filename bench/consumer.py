@@ -178,7 +178,14 @@ class Workers:
 # -- one measurement -------------------------------------------------------------------------------
 
 
-async def _throughput(port: int, kind: str, workers: int, prefetch: int, runs: int) -> dict:
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+async def _throughput(
+    port: int, pid: int, kind: str, workers: int, prefetch: int, runs: int
+) -> dict:
     key = f"bench.consumer.{uuid.uuid4().hex[:8]}"
     pool = Workers(port, key, workers, prefetch)
     await pool.open()
@@ -210,7 +217,10 @@ async def _throughput(port: int, kind: str, workers: int, prefetch: int, runs: i
         await producers[0].create(key, run_id)
         await asyncio.wait_for(pool.all_in.wait(), 30)
         latencies.append(pool.received[run_id] - sent)
+    server = psutil.Process(pid)
+    cpu_before = _cpu_seconds(server)
     elapsed = await batch(runs)
+    cpu_used = _cpu_seconds(server) - cpu_before
     for producer in producers:
         await producer.close()
     await pool.close()
@@ -221,6 +231,7 @@ async def _throughput(port: int, kind: str, workers: int, prefetch: int, runs: i
         "p50_ms": p50 * 1000,
         "p99_ms": p99 * 1000,
         "latency_samples": len(latencies),
+        "server_cpu_ms_per_run": 1000 * cpu_used / runs,
     }
 
 
@@ -303,12 +314,19 @@ def run(quick: bool) -> dict[str, Any]:
             for workers, prefetch in SETTINGS:
                 row = rows[f"{workers}x{prefetch}"] = {"workers": workers, "prefetch": prefetch}
                 for kind in KINDS:
-                    port = ceiling.port if kind == "ceiling" else ours.port
+                    server = ceiling if kind == "ceiling" else ours
                     common.progress(
                         f"{NAME}: {LABELS[kind]}, {workers} worker(s), prefetch {prefetch}"
                     )
                     row[kind] = asyncio.run(
-                        _throughput(port, kind, workers, prefetch, config["runs"][kind])
+                        _throughput(
+                            server.port,
+                            server.process.pid,
+                            kind,
+                            workers,
+                            prefetch,
+                            config["runs"][kind],
+                        )
                     )
                 for kind in ("ws", "post"):
                     row[kind]["of_ceiling"] = row[kind]["runs_per_s"] / row["ceiling"]["runs_per_s"]
@@ -363,14 +381,23 @@ def report(result: dict[str, Any]) -> str:
                     fmt(cell["runs_per_s"]),
                     fmt(cell["p50_ms"]),
                     fmt(cell["p99_ms"]),
+                    fmt(cell["server_cpu_ms_per_run"]),
                     share,
                     verdict,
                 ]
             )
     table = common.markdown_table(
-        ["setting: server", "runs/s", "p50 (ms)", "p99 (ms)", "of ceiling", "met (>= 40%)"],
+        [
+            "setting: server",
+            "runs/s",
+            "p50 (ms)",
+            "p99 (ms)",
+            "server CPU (ms/run)",
+            "of ceiling",
+            "met (>= 40%)",
+        ],
         lines,
-        "lrrrrl",
+        "lrrrrrl",
     )
     idle = result["idle_cpu_pct"]
     name = f"idle CPU, {IDLE_WORKERS} workers"
@@ -393,6 +420,8 @@ def report(result: dict[str, Any]) -> str:
         f"{runs['ceiling']:,} / {runs['ws']:,} / {runs['post']:,} runs (ceiling / ws / POST) "
         "after a warm-up, from the first send to the last ack.",
         "- p50/p99: one run at a time, from the producer's send to the worker's receive.",
+        "- server CPU: user + system time of the server process (all its threads: the records "
+        "writer's too) during the measured runs, per run.",
         "- ceiling: `bench/ws_ceiling.py`, bare asyncio + websockets, runs sent as frames to an "
         "asyncio.Queue (no HTTP, no database). ours, ws enqueue: Daphne, the same frames on a "
         "bench-only route calling `lifecycle.create` (durable record). ours, POST: "
