@@ -305,7 +305,7 @@ class TaskWorker(TaskCalls):
             self._waiting.append(run)
 
     def _take(self, run: dict[str, Any]) -> None:
-        """Ack, report started, and run it; the slot was checked by the caller."""
+        """Report it started (which acks it) and run it; the slot was checked by the caller."""
         run_id = str(run["id"])
         ws = self._ws
         if ws is None or run_id in self._running:
@@ -337,8 +337,9 @@ class TaskWorker(TaskCalls):
             await self._report(run, 0.0, error=OutcomeError("UnknownTaskKey", message).error)
             return
         try:
-            await ws.send(json.dumps({"type": "ack", "id": run_id}))
-            await ws.send(json.dumps({"type": "started", "id": run_id}))
+            # A slot is free: take the run. ``started`` carries the ack (the consumer treats an
+            # outcome before the ack as the ack): one message and one record write fewer per run.
+            await ws.send(f'{{"type":"started","id":{json.dumps(run_id)}}}')
         except ConnectionClosed:
             return  # never started here: the server gives it to the next worker
         started = time.perf_counter()
