@@ -51,6 +51,7 @@ IDLE_MAX_PCT = 1.0
 SUBSCRIBE_PATH = "/api/task_runs/subscriptions/scheduled"
 ACK = json.dumps({"type": "ack"})
 ROOT = Path(__file__).resolve().parent.parent
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")  # the resolution of a process's CPU times
 KINDS = ("ceiling", "ws", "post")
 LABELS = {"ceiling": "ceiling (bare websockets)", "ws": "ours, ws enqueue", "post": "ours, POST"}
 
@@ -427,8 +428,9 @@ def report(result: dict[str, Any]) -> str:
         "bench-only route calling `lifecycle.create` (durable record). ours, POST: "
         "`POST /api/task_runs/` through Django (bounded by the http_enqueue stage's figures).",
         "- Idle: psutil CPU time of the server process over "
-        f"{result['config']['idle_seconds']:g} s; Prefect's server spends about 0.44% of a "
-        "core per idle worker.",
+        f"{result['config']['idle_seconds']:g} s, counted in {1000 * TICK_S:g} ms ticks (0 means "
+        f"under {100 * TICK_S / result['config']['idle_seconds']:.2g}% of a core); Prefect's "
+        "server spends about 0.44% of a core per idle worker.",
         f"- Python {result['python']}, {result['cpus']} CPUs; load generator in the same machine.",
     ]
     return table + "\n\n" + idle_table + "\n\n" + "\n".join(notes)
