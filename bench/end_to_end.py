@@ -16,8 +16,6 @@ import http.client
 import json
 import os
 import platform
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from typing import Any
 
 from bench import common
 from bench.peers import phases, venvs
+from bench.peers.celery_peer import measure_celery, stop
 from bench.peers.prefect_peer import measure_prefect
 
 NAME = "end_to_end"
@@ -40,7 +39,6 @@ PRODUCERS = 4
 SERVER_BATCH = 50  # runs enqueued per request to the in-server producer view
 THROUGHPUT_RATIO_MIN = 2.0  # ours / Celery-with-results, in the same run
 COLLECT_TIMEOUT_S = 300
-CELERY_REQUIREMENTS = ["celery[redis]>=5.4,<6"]
 
 
 def _config(quick: bool) -> dict[str, Any]:
@@ -55,29 +53,6 @@ def _config(quick: bool) -> dict[str, Any]:
         "http_runs": 300 if quick else 1_000,
         "prefect_runs": 100,
     }
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)  # waiting for another process to listen
-    raise TimeoutError(f"{what} did not listen on {port} in {timeout}s")
-
-
-def _stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # -- ours ---------------------------------------------------------------------------------------
@@ -217,66 +192,8 @@ def measure_ours(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
                     config,
                 )
         finally:
-            _stop(worker)
+            stop(worker)
     return {"in_server": in_server, "http": over_http}
-
-
-# -- Celery -------------------------------------------------------------------------------------
-
-
-def measure_celery(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Celery 5 + Redis (broker and results), one worker process with 10 threads."""
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        raise venvs.PeerUnavailable("redis-server is not installed")
-    common.progress(f"{NAME}: Celery venv (created on first use)")
-    python = venvs.ensure("celery", CELERY_REQUIREMENTS, "import celery, redis")
-    from taskqueue_app.testing import free_port
-
-    port = free_port()
-    env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{port}/0", "PYTHONPATH": str(ROOT)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    redis = worker = None
-    try:
-        redis = subprocess.Popen(
-            [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", str(tmp)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_for_port(port, redis, "redis-server")
-        with open(tmp / "celery-worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [python, "-m", "celery", "-A", "bench.peers.celery_app", "worker"]
-                + ["--pool", "threads", "--concurrency", str(config["limit"])]
-                + ["--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
-                + ["--without-heartbeat"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        common.progress(f"{NAME}: Celery, paced phase and burst of {config['runs']:,}")
-        driver = subprocess.run(
-            [python, "-m", "bench.peers.celery_run", json.dumps(config)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=COLLECT_TIMEOUT_S * 2,
-        )
-        return _driver_result(driver, "Celery")
-    finally:
-        _stop(worker)
-        _stop(redis)
-
-
-def _driver_result(driver: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
-    for line in driver.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line.removeprefix("RESULT "))
-    tail = "\n".join((driver.stderr or "").strip().splitlines()[-15:])
-    raise RuntimeError(f"the {what} driver failed (exit {driver.returncode}):\n{tail}")
 
 
 # -- the stage ------------------------------------------------------------------------------------
