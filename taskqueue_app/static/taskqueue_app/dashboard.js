@@ -120,6 +120,10 @@
         for (const node of root.querySelectorAll("[data-total]")) {
             node.textContent = String(data.totals[node.dataset.total]);
         }
+        for (const node of root.querySelectorAll("[data-plural]")) {
+            const count = data.totals[node.dataset.plural];
+            node.textContent = count === 1 ? node.dataset.one : node.dataset.many;
+        }
         document.getElementById("tq-count").textContent = String(data.page.count);
         document.getElementById("tq-page-number").textContent = String(data.page.number);
         document.getElementById("tq-page-count").textContent = String(data.page.num_pages);
