@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import reduce
@@ -154,3 +155,7 @@ def _write_updates(updates: dict[uuid.UUID, dict[str, Any]]) -> None:
 
 
 writer = RecordWriter()
+
+# A forked child (a test's live-server process, a pre-fork server) inherits the executor but not
+# its thread: work handed to it would wait forever. The child starts a writer thread of its own.
+os.register_at_fork(after_in_child=lambda: setattr(writer, "_executor", None))
