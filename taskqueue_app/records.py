@@ -8,19 +8,16 @@ import logging
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from functools import reduce
-from operator import or_
 from typing import Any
 
-from django.db import connections, router, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connections, router, transaction
 
 from .models import TaskRunRecord
 from .schemas import TaskRun, now
 
 logger = logging.getLogger(__name__)
 
-# SQLite limits expression depth; a batch of creates is looked up with one OR per create.
+# A batch's fallback lookup binds one parameter per create; stay far below SQLite's limit.
 MAX_CREATES_PER_BATCH = 200
 
 
@@ -72,6 +69,28 @@ class RecordWriter:
         if not self._busy():
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
+    async def _commit_apart(
+        self,
+        creates: list[tuple[TaskRun, asyncio.Future]],
+        updates: dict[uuid.UUID, dict[str, Any]],
+    ) -> None:
+        """After a failed batch: one bad write must not take the others with it."""
+        loop = asyncio.get_running_loop()
+        for run, future in creates:
+            try:
+                (result,) = await loop.run_in_executor(self._executor, _commit, [run], {})
+            except Exception as exc:  # the database refused this one: its producer hears why
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+        for run_id, values in updates.items():
+            try:
+                await loop.run_in_executor(self._executor, _commit, [], {run_id: values})
+            except Exception:
+                logger.exception("lost a state change of run %s: %r", run_id, values)
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         if self._executor is None:
@@ -83,11 +102,9 @@ class RecordWriter:
             runs = [run for run, _ in creates]
             try:
                 results = await loop.run_in_executor(self._executor, _commit, runs, updates)
-            except Exception as exc:  # the database refused: tell the producers, keep going
-                logger.exception("could not write %d run records", len(runs) + len(updates))
-                for _, future in creates:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception:
+                logger.exception("could not write a batch of run records; writing them one by one")
+                await self._commit_apart(creates, updates)
                 continue
             for (_, future), result in zip(creates, results, strict=True):
                 if not future.done():
@@ -102,28 +119,41 @@ def _commit(
     creates: list[TaskRun], updates: dict[uuid.UUID, dict[str, Any]]
 ) -> list[tuple[TaskRun, bool]]:
     """One transaction: the new records (minus those that exist), then the state changes."""
-    results: list[tuple[TaskRun, bool]] = []
     with transaction.atomic():
-        if creates:
-            lookup = reduce(
-                or_,
-                (Q(task_key=r.task_key, dynamic_key=r.dynamic_key) | Q(pk=r.id) for r in creates),
-            )
-            existing = list(TaskRunRecord.objects.filter(lookup))
-            by_key = {(r.task_key, r.dynamic_key): TaskRun.from_record(r) for r in existing}
-            by_id = {run.id: run for run in by_key.values()}
-            new = []
-            for run in creates:
-                known = by_key.get((run.task_key, run.dynamic_key)) or by_id.get(run.id)
-                if known is not None:
-                    results.append((known, False))
-                    continue
-                by_key[(run.task_key, run.dynamic_key)] = by_id[run.id] = run
-                new.append(TaskRunRecord(**run.record_fields()))
-                results.append((run, True))
-            TaskRunRecord.objects.bulk_create(new)
+        results = _insert(creates) if creates else []
         if updates:
             _write_updates(updates)
+    return results
+
+
+def _insert(creates: list[TaskRun]) -> list[tuple[TaskRun, bool]]:
+    """Insert the batch; where a run's (task_key, dynamic_key) or id exists, answer that run."""
+    try:
+        # Optimistic: server-made ids and dynamic keys never collide, so the common case is one
+        # INSERT with no lookup. The savepoint undoes only this statement if one does collide.
+        with transaction.atomic():
+            TaskRunRecord.objects.bulk_create([TaskRunRecord(**r.record_fields()) for r in creates])
+        return [(run, True) for run in creates]
+    except IntegrityError:
+        pass
+    dynamic_keys: dict[str, list[str]] = {}
+    for run in creates:
+        dynamic_keys.setdefault(run.task_key, []).append(run.dynamic_key)
+    existing = list(TaskRunRecord.objects.filter(pk__in=[run.id for run in creates]))
+    for task_key, keys in dynamic_keys.items():
+        existing += TaskRunRecord.objects.filter(task_key=task_key, dynamic_key__in=keys)
+    by_key = {(r.task_key, r.dynamic_key): TaskRun.from_record(r) for r in existing}
+    by_id = {r.id: by_key[(r.task_key, r.dynamic_key)] for r in existing}
+    new, results = [], []
+    for run in creates:
+        known = by_key.get((run.task_key, run.dynamic_key)) or by_id.get(run.id)
+        if known is not None:
+            results.append((known, False))
+            continue
+        by_key[(run.task_key, run.dynamic_key)] = by_id[run.id] = run
+        new.append(TaskRunRecord(**run.record_fields()))
+        results.append((run, True))
+    TaskRunRecord.objects.bulk_create(new)
     return results
 
 
