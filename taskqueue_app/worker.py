@@ -305,7 +305,7 @@ class TaskWorker(TaskCalls):
             self._waiting.append(run)
 
     def _take(self, run: dict[str, Any]) -> None:
-        """Report it started (which acks it) and run it; the slot was checked by the caller."""
+        """Ack it, report it started, and run it; the slot was checked by the caller."""
         run_id = str(run["id"])
         ws = self._ws
         if ws is None or run_id in self._running:
@@ -337,9 +337,11 @@ class TaskWorker(TaskCalls):
             await self._report(run, 0.0, error=OutcomeError("UnknownTaskKey", message).error)
             return
         try:
-            # A slot is free: take the run. ``started`` carries the ack (the consumer treats an
-            # outcome before the ack as the ack): one message and one record write fewer per run.
-            await ws.send(f'{{"type":"started","id":{json.dumps(run_id)}}}')
+            # A slot is free: ack the run (the protocol's step 4), then report it started (step
+            # 5). Both state writes usually merge into one in the server's records batch.
+            quoted = json.dumps(run_id)
+            await ws.send(f'{{"type":"ack","id":{quoted}}}')
+            await ws.send(f'{{"type":"started","id":{quoted}}}')
         except ConnectionClosed:
             return  # never started here: the server gives it to the next worker
         started = time.perf_counter()
