@@ -1,102 +1,81 @@
-"""The Celery peer of the end-to-end benchmark: Celery 5 with Redis as broker and result backend
-(``redis-server`` started on a free loopback port), one worker process with a pool of threads,
-driven by ``celery_run`` in the Celery venv."""
+"""The Celery peer: Celery 5 with Redis as broker and result backend (``redis-server`` started
+on a free loopback port), one worker process with a pool of threads, driven by ``celery_run``
+in the Celery venv. Its "server" is redis-server: the CPU and memory counted are that process's.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from bench import common
 from bench.peers import venvs
+from bench.peers.redis_server import RedisServer, stop
 
-NAME = "end_to_end"
 ROOT = Path(__file__).resolve().parent.parent.parent
 CELERY_REQUIREMENTS = ["celery[redis]>=5.4,<6"]
-DRIVER_TIMEOUT_S = 600
+CELERY_PROBE = "import celery, redis"
+DRIVER_TIMEOUT_S = 900
 
 
-def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    """Wait until ``process`` listens on ``port`` (it is another process: poll the socket)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{what} did not listen on {port} in {timeout}s")
+def celery_python() -> Path:
+    """The Celery venv's interpreter, created on first use."""
+    common.progress("Celery venv (created on first use)")
+    return venvs.ensure("celery", CELERY_REQUIREMENTS, CELERY_PROBE)
 
 
-def stop(process: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def peer_env(redis_url: str) -> dict[str, str]:
+    """The environment of a peer process: the bench importable, no Django settings."""
+    env = {**os.environ, "BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT)}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def drive(python: Path, module: str, args: list[str], env: dict, what: str) -> dict[str, Any]:
+    """Run a driver module in a peer venv; the dict of its ``RESULT`` line."""
+    done = subprocess.run(
+        [python, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DRIVER_TIMEOUT_S,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))
+    tail = "\n".join((done.stderr or "").strip().splitlines()[-15:])
+    raise RuntimeError(f"the {what} driver failed (exit {done.returncode}):\n{tail}")
 
 
 def measure_celery(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Celery 5 + Redis (broker and results), one worker process with 10 threads."""
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        raise venvs.PeerUnavailable("redis-server is not installed")
-    common.progress(f"{NAME}: Celery venv (created on first use)")
-    python = venvs.ensure("celery", CELERY_REQUIREMENTS, "import celery, redis")
-    from taskqueue_app.testing import free_port
-
-    port = free_port()
-    env = {**os.environ, "BENCH_REDIS_URL": f"redis://127.0.0.1:{port}/0", "PYTHONPATH": str(ROOT)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    redis = worker = None
-    try:
-        redis = subprocess.Popen(
-            [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--dir", str(tmp)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(port, redis, "redis-server")
-        with open(tmp / "celery-worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [python, "-m", "celery", "-A", "bench.peers.celery_app", "worker"]
-                + ["--pool", "threads", "--concurrency", str(config["limit"])]
-                + ["--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
-                + ["--without-heartbeat"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+    """Celery 5 + Redis (broker and results), one worker process with ``limit`` threads."""
+    with RedisServer(tmp) as redis:
+        python = celery_python()
+        env = peer_env(redis.url)
+        worker = None
+        try:
+            with open(tmp / "celery-worker.log", "wb") as log:
+                worker = subprocess.Popen(
+                    [python, "-m", "celery", "-A", "bench.peers.celery_app", "worker"]
+                    + ["--pool", "threads", "--concurrency", str(config["limit"])]
+                    + ["--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
+                    + ["--without-heartbeat"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            common.progress(
+                f"end_to_end: Celery, paced phase and {config['repeats']} bursts of "
+                f"{config['runs']:,}"
             )
-        common.progress(f"{NAME}: Celery, paced phase and burst of {config['runs']:,}")
-        driver = subprocess.run(
-            [python, "-m", "bench.peers.celery_run", json.dumps(config)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=DRIVER_TIMEOUT_S,
-        )
-        return _driver_result(driver, "Celery")
-    finally:
-        stop(worker)
-        stop(redis)
-
-
-def _driver_result(driver: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
-    for line in driver.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line.removeprefix("RESULT "))
-    tail = "\n".join((driver.stderr or "").strip().splitlines()[-15:])
-    raise RuntimeError(f"the {what} driver failed (exit {driver.returncode}):\n{tail}")
+            driver_config = {**config, "server_pids": [redis.pid]}
+            return drive(
+                python, "bench.peers.celery_run", ["e2e", json.dumps(driver_config)], env, "Celery"
+            )
+        finally:
+            stop(worker)

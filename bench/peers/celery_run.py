@@ -1,7 +1,9 @@
-"""Drive the Celery peer (run in the Celery venv): warm up, paced phase, burst phase.
+"""Drive the Celery peer (run in the Celery venv).
 
-``python -m bench.peers.celery_run '{"runs": N, "paced_runs": M, "paced_rate": R, ...}'``
-prints one ``RESULT {...}`` line.
+``python -m bench.peers.celery_run e2e '{"runs": N, "paced_runs": M, ...}'``: warm up, paced
+phase, repeated bursts; prints one ``RESULT {...}`` line.
+``python -m bench.peers.celery_run fill N``: publish N runs (no worker is running) and print
+``RESULT {"published": N}``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from bench.peers import phases
@@ -32,9 +35,7 @@ def _collect(handles: list) -> tuple[list[float], list[float]]:
     return latencies, [_done_at(handle) for handle in handles]
 
 
-def main() -> None:
-    config = json.loads(sys.argv[1])
-
+def e2e(config: dict) -> None:
     def enqueue():
         return noop.delay(time.time())
 
@@ -43,14 +44,28 @@ def main() -> None:
 
     _collect(phases.paced(enqueue, config["warmup"], 500))  # also waits for the worker to be up
     paced, _ = _collect(phases.paced(enqueue, config["paced_runs"], config["paced_rate"]))
-    started, handles = phases.burst(enqueue_many, config["runs"], config["producers"])
-    latencies, finished = _collect(handles)
-    phases.emit(
-        {
-            "paced": phases.summary(paced),
-            "burst": phases.summary(latencies, started, finished),
-        }
-    )
+    burst = phases.bursts(enqueue_many, _collect, config, config["runs"])
+    phases.emit({"paced": phases.summary(paced), "burst": burst})
+
+
+def fill(count: int, threads: int = 4) -> None:
+    """Publish ``count`` runs from ``threads`` producers, as many as the burst uses."""
+
+    def publish(share: int) -> None:
+        for _ in range(share):
+            noop.delay(time.time())
+
+    shares = [count // threads + (i < count % threads) for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(publish, shares))
+    phases.emit({"published": count})
+
+
+def main() -> None:
+    if sys.argv[1] == "fill":
+        fill(int(sys.argv[2]))
+    else:
+        e2e(json.loads(sys.argv[2]))
 
 
 if __name__ == "__main__":

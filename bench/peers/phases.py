@@ -1,22 +1,26 @@
-"""The two load phases every system of the end-to-end benchmark goes through, the same way.
+"""The load phases every system of the end-to-end benchmark goes through, the same way.
 
-Pure standard library: the Celery and Prefect drivers import it from their own venvs.
+Pure standard library: the Celery, RQ and Prefect drivers import it from their own venvs.
 
 - *paced*: runs enqueued at a steady rate well under capacity, one producer; the task body
   returns how long after its enqueue it started, which gives the enqueue -> start latency.
 - *burst*: N runs enqueued as fast as ``producers`` threads can; throughput is N over the time
-  from the first enqueue to the last completion the system recorded.
+  from the first enqueue to the last completion the system recorded. Repeated (``repeats``),
+  the median reported, with the server's CPU time over each burst (``server_pids``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def paced(enqueue: Callable[[], Any], count: int, rate: float) -> list[Any]:
@@ -61,6 +65,56 @@ def burst(
     if errors:
         raise errors[0]
     return started, [handle for share in handles for handle in share]
+
+
+def cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User + system CPU time of the processes ``pids`` (all their threads), from ``/proc``;
+    None where there is no ``/proc`` (the figure is then left out, not guessed)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # Fields after the command name (which may hold spaces): utime, stime are 14, 15.
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) * _TICK_S
+    return total
+
+
+def bursts(
+    enqueue_many: Callable[[int], list],
+    collect: Callable[[list], tuple[list[float], list[float]]],
+    config: dict[str, Any],
+    runs: int,
+    batch: int = 1,
+    wait: Callable[[list], None] | None = None,
+) -> dict[str, Any]:
+    """``config["repeats"]`` bursts of ``runs``, each collected before the next; the median
+    burst's summary, every repeat's runs/s, and the server's CPU milliseconds per run.
+
+    The CPU window ends when ``wait(handles)`` returns (every run done), before ``collect``
+    reads the figures back, where reading them back is not part of running the tasks."""
+    pids = config.get("server_pids") or []
+    repeats = []
+    for _ in range(config.get("repeats", 1)):
+        cpu_before = cpu_seconds(pids) if pids else None
+        started, handles = burst(enqueue_many, runs, config["producers"], batch)
+        if wait is not None:
+            wait(handles)
+        cpu_after = cpu_seconds(pids) if pids else None
+        latencies, finished = collect(handles)
+        one = summary(latencies, started, finished)
+        if cpu_before is not None and cpu_after is not None:
+            one["server_cpu_ms_per_run"] = 1000 * (cpu_after - cpu_before) / runs
+        repeats.append(one)
+    ordered = sorted(repeats, key=lambda one: one["runs_per_s"])
+    middle = dict(ordered[len(ordered) // 2])
+    middle["repeats_runs_per_s"] = [one["runs_per_s"] for one in repeats]
+    cpus = [one["server_cpu_ms_per_run"] for one in repeats if "server_cpu_ms_per_run" in one]
+    if cpus:
+        middle["server_cpu_ms_per_run"] = statistics.median(cpus)
+    return middle
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,5 +1,6 @@
-"""The Prefect peer of the end-to-end benchmark: a local Prefect server (SQLite), one task
-worker (``serve``, limit 10) and a producer calling ``task.delay``, all in the Prefect venv."""
+"""The Prefect peer: a local Prefect 3.9 server (SQLite), one task worker (``serve``, limit 10)
+and a producer calling ``task.delay``, all in the Prefect venv. Its "server" is the process tree
+of ``prefect server start``: the CPU counted is all of it."""
 
 from __future__ import annotations
 
@@ -12,98 +13,112 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import venvs
+from bench.peers import procs, venvs
+from bench.peers.celery_peer import drive
+from bench.peers.redis_server import stop
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REQUIREMENTS = ["prefect==3.9.*"]
+PROBE = "import prefect; assert prefect.__version__.startswith('3.9')"
 START_TIMEOUT_S = 120
+QUICK_REASON = "not run in quick mode (its server takes ~15 s to start; run without QUICK=1)"
 
 
-def _wait_healthy(url: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited with {server.returncode}")
+def prefect_python(quick: bool) -> Path:
+    """The Prefect venv's interpreter (created on first use); skipped in quick mode."""
+    if quick:
+        raise venvs.PeerUnavailable(QUICK_REASON)
+    common.progress("Prefect venv (created on first use)")
+    return venvs.ensure("prefect", REQUIREMENTS, PROBE)
+
+
+class PrefectServer:
+    """``prefect server start`` on a free port while the ``with`` block runs."""
+
+    def __init__(self, python: Path, tmp: Path) -> None:
+        from taskqueue_app.testing import free_port
+
+        self.python, self.tmp, self.port = python, tmp, free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        home = tmp / "prefect"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+            "PYTHONPATH": str(ROOT),
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": self.url,
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+            "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        }
+        self.process: subprocess.Popen | None = None
+
+    def pids(self) -> list[int]:
+        """The server's process tree (the CLI and the API server it runs)."""
+        assert self.process is not None
+        return [process.pid for process in procs.tree(self.process.pid)]
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)  # waiting for another process to come up
+        raise TimeoutError("the Prefect server did not become healthy")
+
+    def __enter__(self) -> PrefectServer:
+        with open(self.tmp / "prefect-server.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [self.python, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+                + ["--port", str(self.port)],
+                cwd=self.tmp,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)  # waiting for another process to come up
-    raise TimeoutError("the Prefect server did not become healthy")
+            self._wait_healthy()
+        except BaseException:
+            stop(self.process)
+            raise
+        return self
 
-
-def _stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    def __exit__(self, *exc: object) -> None:
+        stop(self.process)
 
 
 def measure_prefect(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Prefect 3.9 background tasks; in quick mode only if its venv exists already."""
-    from taskqueue_app.testing import free_port
-
-    common.progress("end_to_end: Prefect venv (created on first use, full mode)")
-    python = venvs.ensure(
-        "prefect",
-        REQUIREMENTS,
-        "import prefect; assert prefect.__version__.startswith('3.9')",
-        create=not config["quick"],
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    home = tmp / "prefect"
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
-        "PYTHONPATH": str(ROOT),
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": url,
-        "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
-    }
-    server = worker = None
-    try:
-        with open(tmp / "prefect-server.log", "wb") as log:
-            server = subprocess.Popen(
-                [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-                + ["--port", str(port)],
-                cwd=tmp,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+    """Prefect 3.9 background tasks, ``prefect_runs`` per burst."""
+    python = prefect_python(config["quick"])
+    with PrefectServer(python, tmp) as server:
+        worker = None
+        try:
+            with open(tmp / "prefect-worker.log", "wb") as log:
+                worker = subprocess.Popen(
+                    [python, "-m", "bench.peers.prefect_run", "worker"],
+                    cwd=ROOT,
+                    env=server.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            common.progress(
+                f"end_to_end: Prefect, {config['repeats']} bursts of {config['prefect_runs']}"
             )
-        _wait_healthy(url, server)
-        with open(tmp / "prefect-worker.log", "wb") as log:
-            worker = subprocess.Popen(
-                [python, "-m", "bench.peers.prefect_run", "worker"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            driver_config = {**config, "server_pids": server.pids()}
+            return drive(
+                python,
+                "bench.peers.prefect_run",
+                ["drive", json.dumps(driver_config)],
+                server.env,
+                "Prefect",
             )
-        common.progress(f"end_to_end: Prefect, {config['prefect_runs']} runs")
-        driver = subprocess.run(
-            [python, "-m", "bench.peers.prefect_run", "drive", json.dumps(config)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        for line in driver.stdout.splitlines():
-            if line.startswith("RESULT "):
-                return json.loads(line.removeprefix("RESULT "))
-        tail = "\n".join(driver.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"the Prefect driver failed (exit {driver.returncode}):\n{tail}")
-    finally:
-        _stop(worker)
-        _stop(server)
+        finally:
+            stop(worker)

@@ -44,11 +44,8 @@ def drive(config: dict) -> None:
 
     _collect(phases.paced(enqueue, 5, 5))  # warm-up; also waits for the worker to be up
     paced, _ = _collect(phases.paced(enqueue, max(10, runs // 5), 2))
-    started, futures = phases.burst(enqueue_many, runs, config["producers"])
-    latencies, finished = _collect(futures)
-    phases.emit(
-        {"paced": phases.summary(paced), "burst": phases.summary(latencies, started, finished)}
-    )
+    burst = phases.bursts(enqueue_many, _collect, config, runs)
+    phases.emit({"paced": phases.summary(paced), "burst": burst})
 
 
 def main() -> None:
