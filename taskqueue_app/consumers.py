@@ -190,17 +190,21 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
 
     async def _outcome(self, kind: str, run_id: uuid.UUID, message: dict[str, Any]) -> None:
         """Step 5: started / completed / failed, for a run of this or an earlier connection."""
+        assert self.subscription is not None
         if run_id in self.unacked:
             # An outcome before the ack implies the ack: the slot is free again.
             del self.unacked[run_id]
             self._add_credits(1)
         if kind == "started":
-            assert self.subscription is not None
             await lifecycle.start(self.conn_id, run_id, self.subscription.client_id)
         elif kind == "completed":
-            await lifecycle.complete(self.conn_id, run_id, message.get("result"))
+            await lifecycle.complete(
+                self.conn_id, run_id, message.get("result"), self.subscription.client_id
+            )
         else:
-            await lifecycle.fail(self.conn_id, run_id, protocol.error_of(message))
+            await lifecycle.fail(
+                self.conn_id, run_id, protocol.error_of(message), self.subscription.client_id
+            )
 
     # -- delivery -------------------------------------------------------------------------------
 

@@ -8,11 +8,8 @@ behind, through ``records.writer``) and moves the run between queues.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import uuid
-from collections import deque
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +18,7 @@ from asgiref.sync import sync_to_async
 from .conf import taskqueue_settings
 from .models import FINISHED_STATES, TERMINAL_STATES, StateType, TaskRunRecord
 from .records import writer
+from .scheduler import scheduler
 from .schemas import TaskRun, now, run_from_request
 from .task_queue import TaskQueue
 
@@ -61,12 +59,6 @@ class _State:
         self.reserved: dict[str, int] = {}
         # Runs a watching worker has started, per connection: crashed if it vanishes.
         self.running: dict[str, dict[uuid.UUID, TaskRun]] = {}
-        self.deferred: list[tuple[float, int, TaskRun]] = []
-        self.timer: asyncio.TimerHandle | None = None
-        self.sequence = itertools.count()
-        self.feeders: set[asyncio.Task] = set()
-        # Accepted runs waiting for room, per (key, is_retry) lane, each fed by one task.
-        self.backlogs: dict[tuple[str, bool], deque[TaskRun]] = {}
         self.started: asyncio.Future | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shutdown_callbacks: list = []
@@ -83,11 +75,8 @@ _state = _State()
 def reset() -> None:
     """Forget everything in memory (a testing utility; the records stay)."""
     global _state
-    if _state.timer is not None:
-        _state.timer.cancel()
-    for task in _state.feeders:
-        task.cancel()
     _state = _State()
+    scheduler.reset()
     writer.reset()
     TaskQueue.reset()
 
@@ -95,81 +84,6 @@ def reset() -> None:
 def server_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop the queues live in, once the server has started serving."""
     return _state.loop
-
-
-# -- moving runs into queues -----------------------------------------------------------------
-
-
-def _enqueue(run: TaskRun) -> None:
-    """Put an accepted run into its lane; if it is full, feed it in as room frees up."""
-    lane = (run.task_key, run.is_retry)
-    backlog = _state.backlogs.get(lane)
-    if backlog is None:
-        queue = TaskQueue.for_key(run.task_key)
-        try:
-            (queue.retry_nowait if run.is_retry else queue.put_nowait)(run)
-            return
-        except asyncio.QueueFull:
-            pass
-        # Accepted runs are never dropped: one feeder per lane waits for room, in FIFO order.
-        backlog = _state.backlogs[lane] = deque()
-        task = asyncio.get_running_loop().create_task(_feed(lane, backlog))
-        _state.feeders.add(task)
-        task.add_done_callback(_state.feeders.discard)
-    backlog.append(run)
-
-
-async def _feed(lane: tuple[str, bool], backlog: deque[TaskRun]) -> None:
-    key, is_retry = lane
-    queue = TaskQueue.for_key(key)
-    try:
-        while backlog:
-            await (queue.retry if is_retry else queue.put)(backlog[0])
-            backlog.popleft()
-    finally:
-        if _state.backlogs.get(lane) is backlog and not backlog:
-            del _state.backlogs[lane]
-
-
-def backlog_sizes() -> dict[str, int]:
-    """Per key, accepted runs waiting for room in a full lane (after a restore or a deferral)."""
-    sizes: dict[str, int] = {}
-    for (key, _), backlog in _state.backlogs.items():
-        sizes[key] = sizes.get(key, 0) + len(backlog)
-    return sizes
-
-
-def _schedule(run: TaskRun) -> None:
-    """Enqueue now, or at ``expected_start_time`` if that is in the future (one timer for all)."""
-    due = run.expected_start_time
-    if due is None or due <= now():
-        _enqueue(run)
-        return
-    heapq.heappush(_state.deferred, (due.timestamp(), next(_state.sequence), run))
-    _arm_timer()
-
-
-def _arm_timer() -> None:
-    if _state.timer is not None:
-        _state.timer.cancel()
-        _state.timer = None
-    if _state.deferred:
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, _state.deferred[0][0] - now().timestamp())
-        _state.timer = loop.call_later(delay, _release_due)
-
-
-def _release_due() -> None:
-    _state.timer = None
-    moment = now().timestamp()
-    while _state.deferred and _state.deferred[0][0] <= moment:
-        _enqueue(heapq.heappop(_state.deferred)[2])
-    _arm_timer()
-
-
-def deferred_runs() -> list[TaskRun]:
-    """Runs waiting for their start time, soonest first."""
-    return [item[2] for item in sorted(_state.deferred)]
 
 
 # -- create -------------------------------------------------------------------------------------
@@ -199,14 +113,20 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
                 return existing, False
             raise QueueFullError(f"the scheduled queue of {key!r} is full")
         _state.reserved[key] = _state.reserved.get(key, 0) + 1
-    try:
-        stored, created = await writer.create(run)
-    finally:
+
+    def settle(write: asyncio.Future) -> None:
+        # Runs when the insert commits, even if the caller was cancelled meanwhile (a producer
+        # that hung up): a stored run must reach its queue, or it would wait for a restart.
         if immediate:
             _state.reserved[key] -= 1
-    if created:
-        _schedule(stored)
-    return stored, created
+        if not write.cancelled() and write.exception() is None:
+            stored, created = write.result()
+            if created:
+                scheduler.schedule(stored)
+
+    write = asyncio.ensure_future(writer.create(run))
+    write.add_done_callback(settle)
+    return await asyncio.shield(write)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -223,7 +143,10 @@ async def acknowledge(
     run = TaskQueue.held_run(holder, run_id)
     if run is None:
         return None
-    _state.settled.pop(run_id, None)  # this is the copy in a worker's hands now
+    if take_settled(run_id):
+        # Finished on another connection after this copy was sent: keep the record as it is.
+        TaskQueue.ack(holder, run_id)
+        return None
     pending = run.with_state(StateType.PENDING, "Pending", worker=client_id)
     if watch:
         TaskQueue.hold(holder, pending)  # replaces the SCHEDULED copy, in place
@@ -234,16 +157,43 @@ async def acknowledge(
 
 
 async def _locate(holder: str, run_id: uuid.UUID) -> TaskRun | None:
-    """The run in a worker's hands: this connection's first, else its record."""
+    """The run an outcome of ``holder`` is about: its own copy first, else the record.
+
+    None when another live connection has acked or started it: an outcome from an earlier
+    connection must not overrule the worker that has the run now (no run in two live hands).
+    """
     running = _state.running.get(holder, {})
     if run_id in running:
         return running[run_id]
     held = TaskQueue.held_run(holder, run_id)
     if held is not None:
         return held
+    if any(run_id in runs for runs in _state.running.values()):
+        return None
+    other = TaskQueue.holder_of(run_id)
+    if other is not None and TaskQueue.held_run(other, run_id).state_type != StateType.SCHEDULED:
+        return None  # acked by another worker; an unacked copy in flight is dropped at its ack
     await writer.flush()  # the record must show the state changes still being written
     record = await TaskRunRecord.objects.filter(pk=run_id).afirst()
     return TaskRun.from_record(record) if record is not None else None
+
+
+async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> TaskRun | None:
+    """The run an outcome is about, out of the worker's hands; None for a stale outcome.
+
+    A run marked CRASHED when its worker's connection dropped still takes that worker's late
+    outcome (it reports after reconnecting): the work was done, and CRASHED was our guess.
+    """
+    run = await _locate(holder, run_id)
+    if run is None:
+        return None
+    if run.state_type in TERMINAL_STATES and not (
+        run.state_type == StateType.CRASHED and client_id and run.worker == client_id
+    ):
+        return None
+    _note_queued_copy(holder, run)
+    _forget(holder, run_id)
+    return run
 
 
 async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | None:
@@ -296,13 +246,13 @@ def _forget(holder: str, run_id: uuid.UUID) -> None:
             del _state.running[holder]
 
 
-async def complete(holder: str, run_id: uuid.UUID, result: Any) -> TaskRun | None:
+async def complete(
+    holder: str, run_id: uuid.UUID, result: Any, client_id: str | None = None
+) -> TaskRun | None:
     """The run finished: COMPLETED with its JSON result."""
-    run = await _locate(holder, run_id)
-    if run is None or run.state_type in TERMINAL_STATES:
+    run = await _take_over(holder, run_id, client_id)
+    if run is None:
         return None
-    _note_queued_copy(holder, run)
-    _forget(holder, run_id)
     done = run.with_state(StateType.COMPLETED, "Completed", result=result, finished=now())
     writer.update(done, "result", "finished", "run_count", "started", "worker")
     return done
@@ -317,20 +267,20 @@ def _retry_or_finish(run: TaskRun, state_type: str, state_name: str, error: Any)
             StateType.SCHEDULED, "AwaitingRetry", error=error, expected_start_time=due
         )
         writer.update(later, "error", "expected_start_time", "run_count", "started", "worker")
-        _schedule(later)
+        scheduler.schedule(later)
         return later
     final = run.with_state(state_type, state_name, error=error, finished=now())
     writer.update(final, "error", "finished", "run_count", "started", "worker")
     return final
 
 
-async def fail(holder: str, run_id: uuid.UUID, error: Any) -> TaskRun | None:
+async def fail(
+    holder: str, run_id: uuid.UUID, error: Any, client_id: str | None = None
+) -> TaskRun | None:
     """The run raised: retried after ``retry_delay_seconds`` if retries are left, else FAILED."""
-    run = await _locate(holder, run_id)
-    if run is None or run.state_type in TERMINAL_STATES:
+    run = await _take_over(holder, run_id, client_id)
+    if run is None:
         return None
-    _note_queued_copy(holder, run)
-    _forget(holder, run_id)
     return _retry_or_finish(run, StateType.FAILED, "Failed", error)
 
 
@@ -382,7 +332,7 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
         )
         writer.update(again, "finished", "expected_start_time")
         await writer.flush()
-    _enqueue(again)
+    scheduler.enqueue(again)
     return again
 
 
@@ -393,12 +343,16 @@ async def restore() -> int:
     """Put runs recorded SCHEDULED back into their queues, oldest first; once per process."""
     if TaskQueue._scheduled_tasks_already_restored:
         return 0
-    TaskQueue._scheduled_tasks_already_restored = True
     records = await sync_to_async(list)(
         TaskRunRecord.objects.filter(state_type=StateType.SCHEDULED).order_by("created")
     )
+    # Only now: a failed read ("database is locked" at start-up) must be tried again. Nothing
+    # awaits between here and the last schedule(), so no second restore can interleave.
+    if TaskQueue._scheduled_tasks_already_restored:
+        return 0
+    TaskQueue._scheduled_tasks_already_restored = True
     for record in records:
-        _schedule(TaskRun.from_record(record))
+        scheduler.schedule(TaskRun.from_record(record))
     if records:
         logger.info("restored %d scheduled runs", len(records))
     return len(records)

@@ -340,6 +340,14 @@ class TaskQueue:
         return cls._held.get(holder, {}).get(run_id)
 
     @classmethod
+    def holder_of(cls, run_id: Any) -> str | None:
+        """The holder that holds ``run_id`` now, or None (a scan: for the rare, stale case)."""
+        for holder, runs in cls._held.items():
+            if run_id in runs:
+                return holder
+        return None
+
+    @classmethod
     def hold(cls, holder: str, run: QueuedRun) -> None:
         """Record ``run`` as held by ``holder``; a run of the same id is replaced in place."""
         cls._held.setdefault(holder, {})[run.id] = run

@@ -24,6 +24,7 @@ from taskqueue_app.backend import EnqueueError, QueueTask, TaskQueueBackend
 from taskqueue_app.django_worker import DjangoTaskWorker
 from taskqueue_app.management.commands.taskworker import discover_tasks
 from taskqueue_app.models import StateType, TaskRunRecord
+from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import TaskRun
 from taskqueue_app.task_queue import TaskQueue
 from taskqueue_app.tasks_compat import (
@@ -101,7 +102,7 @@ async def test_run_after_defers_the_run_until_then():
     result = await add.using(run_after=due).aenqueue(1, 1)
     record = await TaskRunRecord.objects.aget(pk=uuid.UUID(result.id))
     assert record.expected_start_time == due
-    assert [str(run.id) for run in lifecycle.deferred_runs()] == [result.id]
+    assert [str(run.id) for run in scheduler.deferred_runs()] == [result.id]
     assert TaskQueue.for_key(ADD).qsize() == 0
 
 

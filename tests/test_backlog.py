@@ -7,6 +7,7 @@ import pytest
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
+from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import TaskRun, now
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
 
@@ -27,12 +28,12 @@ async def test_restore_beyond_the_bound_feeds_the_rest_in_order():
     assert await lifecycle.restore() == 5
     queue = TaskQueue.for_key("k")
     assert queue.qsize() == 2
-    assert lifecycle.backlog_sizes() == {"k": 3}
+    assert scheduler.backlog_sizes() == {"k": 3}
 
     multi = MultiQueue(["k"])
     got = [await asyncio.wait_for(multi.get(), 1) for _ in records]
     assert [run.id for run in got] == [record.id for record in records]
-    assert lifecycle.backlog_sizes() == {}
+    assert scheduler.backlog_sizes() == {}
 
 
 async def test_restore_happens_once_per_process():
@@ -52,4 +53,4 @@ async def test_restore_puts_retries_in_the_retry_lane_and_defers_future_runs():
     assert queue.retry_room() == queue.retry_limit - 1
     assert queue.get_nowait().id == retry.id
     assert queue.get_nowait().id == plain.id
-    assert [run.id for run in lifecycle.deferred_runs()] == [later.id]
+    assert [run.id for run in scheduler.deferred_runs()] == [later.id]

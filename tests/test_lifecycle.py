@@ -11,6 +11,7 @@ import pytest
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.records import writer
+from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import TaskRun, TooLargeError, ValidationError, isoformat, now
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
 
@@ -85,12 +86,12 @@ async def test_deferred_runs_enter_their_queue_at_their_time_in_due_order():
     early = await make("d", expected_start_time=isoformat(start + timedelta(seconds=0.15)))
     queue = TaskQueue.for_key("d")
     assert queue.qsize() == 0
-    assert [r.id for r in lifecycle.deferred_runs()] == [early.id, late.id]
+    assert [r.id for r in scheduler.deferred_runs()] == [early.id, late.id]
     first = await asyncio.wait_for(queue.get(), timeout=5)
     assert first.id == early.id and now() >= early.expected_start_time
     second = await asyncio.wait_for(queue.get(), timeout=5)
     assert second.id == late.id and now() >= late.expected_start_time
-    assert lifecycle.deferred_runs() == []
+    assert scheduler.deferred_runs() == []
 
 
 async def test_a_deferred_run_is_not_refused_by_a_full_lane_and_waits_for_room():
@@ -162,7 +163,7 @@ async def test_fail_with_retries_comes_back_after_the_delay_then_fails_for_good(
     assert (final.state_type, final.run_count) == ("FAILED", 2)
     record = await recorded(run.id)
     assert (record.state_type, record.run_count) == ("FAILED", 2)
-    assert queue.qsize() == 0 and lifecycle.deferred_runs() == []
+    assert queue.qsize() == 0 and scheduler.deferred_runs() == []
 
 
 async def test_fail_without_retries_is_final():

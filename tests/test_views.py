@@ -15,6 +15,7 @@ from django.test import AsyncClient, override_settings
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import StateType, TaskRunRecord
+from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import isoformat, now
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
 from taskqueue_app.workers import registry
@@ -260,11 +261,11 @@ async def test_future_start_time_defers_the_run_until_then(client):
     assert response.json()["expected_start_time"] == isoformat(due)
     queue = TaskQueue.for_key("later")
     assert queue.qsize() == 0
-    assert [str(r.id) for r in lifecycle.deferred_runs()] == [response.json()["id"]]
+    assert [str(r.id) for r in scheduler.deferred_runs()] == [response.json()["id"]]
     run = await asyncio.wait_for(queue.get(), timeout=5)
     assert str(run.id) == response.json()["id"]
     assert now() >= due
-    assert lifecycle.deferred_runs() == []
+    assert scheduler.deferred_runs() == []
 
 
 # -- GET /api/task_runs/<id> ----------------------------------------------------------------------
