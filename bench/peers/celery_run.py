@@ -58,7 +58,9 @@ def fill(count: int, threads: int = 4) -> None:
     shares = [count // threads + (i < count % threads) for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(publish, shares))
-    phases.emit({"published": count})
+    with noop.app.connection_for_write() as connection:
+        queued = connection.default_channel.client.llen("celery")
+    phases.emit({"published": count, "queued": queued})
 
 
 def main() -> None:
