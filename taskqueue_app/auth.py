@@ -54,20 +54,26 @@ def _auth_error(status: int, message: str) -> JsonResponse:
     return response
 
 
-async def _is_staff(request: HttpRequest) -> bool:
+async def _staff_with(request: HttpRequest, permission: str | None) -> bool:
+    """True for a logged-in, active staff user who has ``permission`` (when one is named)."""
     # Projects without the auth middleware have no ``auser``: then there is no session to accept.
     auser = getattr(request, "auser", None)
     if auser is None:
         return False
     user = await auser()
-    return bool(user.is_authenticated and user.is_active and user.is_staff)
+    if not (user.is_authenticated and user.is_active and user.is_staff):
+        return False
+    return permission is None or await user.ahas_perm(permission)
 
 
-async def http_auth_error(request: HttpRequest) -> JsonResponse | None:
+async def http_auth_error(
+    request: HttpRequest, permission: str | None = None
+) -> JsonResponse | None:
     """None if ``request`` may proceed, else the 401/403 JSON response to send.
 
     With ``AUTH_TOKEN`` set: a matching bearer token passes, a wrong one is 403 (even with a
-    session), none at all is 401 unless a staff session makes a read request.
+    session), none at all is 401 unless a read request comes with the session of a staff user
+    who has ``permission``.
     """
     if not token_required():
         return None
@@ -76,14 +82,16 @@ async def http_auth_error(request: HttpRequest) -> JsonResponse | None:
         if token_matches(token):
             return None
         return _auth_error(403, "invalid token")
-    if request.method in SESSION_METHODS and await _is_staff(request):
+    if request.method in SESSION_METHODS and await _staff_with(request, permission):
         return None
     if "Authorization" in request.headers:
         return _auth_error(401, "Authorization header must be 'Bearer <token>'")
     return _auth_error(401, "authentication required: send 'Authorization: Bearer <token>'")
 
 
-def token_auth(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Awaitable[Any]]:
+def token_auth(
+    view: Callable[..., Awaitable[HttpResponse]], permission: str | None = None
+) -> Callable[..., Awaitable[Any]]:
     """Decorate an async view so that it runs only for requests ``http_auth_error`` lets pass.
 
     The view is also exempt from CSRF: its POSTs are authorised by the token alone, which a
@@ -92,7 +100,7 @@ def token_auth(view: Callable[..., Awaitable[HttpResponse]]) -> Callable[..., Aw
 
     @functools.wraps(view)
     async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        error = await http_auth_error(request)
+        error = await http_auth_error(request, permission)
         if error is not None:
             return error
         return await view(request, *args, **kwargs)

@@ -37,7 +37,6 @@ from .workers import registry
 
 JSON_TYPE = "application/json"
 # A body without Content-Type is taken as JSON; see the module docstring.
-ACCEPTED_TYPES = frozenset({JSON_TYPE, ""})
 
 View = Callable[..., Awaitable[HttpResponse]]
 
@@ -73,13 +72,14 @@ def _run_response(run: TaskRun, status: int = 200) -> HttpResponse:
     return HttpResponse(run.to_json(), status=status, content_type=JSON_TYPE)
 
 
-def api_view(*methods: str) -> Callable[[View], View]:
-    """Allow only ``methods`` (405 with ``Allow`` otherwise), ask for the token, answer
-    ``HttpError`` as JSON; CSRF-exempt (see ``auth.token_auth``)."""
+def api_view(*methods: str, permission: str | None = None) -> Callable[[View], View]:
+    """Allow only ``methods`` (405 with ``Allow`` otherwise), ask for the token (or, for reads,
+    a staff session with ``permission``), answer ``HttpError`` as JSON; CSRF-exempt (see
+    ``auth.token_auth``)."""
     allowed = ", ".join(methods)
 
     def decorate(view: View) -> View:
-        protected = token_auth(view)
+        protected = token_auth(view, permission)
 
         @functools.wraps(view)
         async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -125,9 +125,12 @@ def read_json(request: HttpRequest, *, required: bool) -> Any:
         if required:
             raise HttpError(400, "the request body is empty; send a JSON object")
         return None
+    # Only JSON: a browser sends a cross-site body without a preflight only as a "simple"
+    # type (none, text/plain, a form), so with no token set a foreign page still cannot enqueue.
     content_type = (request.content_type or "").lower()
-    if content_type not in ACCEPTED_TYPES:
-        raise HttpError(415, f"Content-Type must be {JSON_TYPE}, not {request.content_type!r}")
+    if content_type != JSON_TYPE:
+        sent = f"not {request.content_type!r}" if request.content_type else "none was sent"
+        raise HttpError(415, f"Content-Type must be {JSON_TYPE}; {sent}")
     try:
         # NaN and Infinity are not JSON: accepting them would store runs we cannot send.
         return json.loads(body, parse_constant=_reject_constant)
@@ -187,7 +190,7 @@ def _other_run(existing: TaskRun, data: dict) -> bool:
     )
 
 
-@api_view("GET")
+@api_view("GET", permission="taskqueue_app.view_taskrunrecord")
 async def task_run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
     """One run as recorded, with its state, result or error."""
     run = await lifecycle.get(_run_id(run_id))
@@ -214,7 +217,7 @@ async def task_run_retry(request: HttpRequest, run_id: str) -> HttpResponse:
     return _run_response(run)
 
 
-@api_view("GET")
+@api_view("GET", permission="taskqueue_app.view_queuedashboard")
 async def task_queues(request: HttpRequest) -> HttpResponse:
     """Per key: lane sizes and limits, whether configured, and how many workers subscribe."""
     counts = registry.counts_per_key()

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient, override_settings
 
@@ -144,12 +144,15 @@ async def test_application_json_with_charset_is_accepted(client):
 
 
 @db
-async def test_a_body_without_content_type_is_taken_as_json():
+async def test_a_body_without_content_type_is_415_and_stores_nothing():
+    # What a cross-site browser request can send without a preflight: refused.
     status, body = await raw_asgi(
         "POST", RUNS, [(b"content-length", b"17")], [b'{"task_key":"k"}\n']
     )
-    assert status == 201, body
-    assert body["task_key"] == "k"
+    assert status == 415
+    assert body == {"error": "Content-Type must be application/json; none was sent"}
+    assert await TaskRunRecord.objects.acount() == 0
+    assert TaskQueue.for_key("k").qsize() == 0
 
 
 @pytest.mark.parametrize(
@@ -199,7 +202,7 @@ async def test_empty_body_is_400(client):
 async def test_wrong_content_type_is_415(client):
     response = await post(client, RUNS, {"task_key": "k"}, content_type="text/plain")
     assert response.status_code == 415
-    assert response.json() == {"error": "Content-Type must be application/json, not 'text/plain'"}
+    assert response.json() == {"error": "Content-Type must be application/json; not 'text/plain'"}
     assert await record_count() == 0
 
 
@@ -507,10 +510,15 @@ async def test_right_token_passes_and_csrf_does_not_apply():
     assert read.status_code == 200
 
 
-async def logged_in(is_staff: bool) -> AsyncClient:
+async def logged_in(is_staff: bool, *permissions: str) -> AsyncClient:
     user = await sync_to_async(User.objects.create_user)(
         f"user-{uuid.uuid4().hex[:8]}", password="pw", is_staff=is_staff
     )
+    if permissions:
+        granted = Permission.objects.filter(
+            content_type__app_label="taskqueue_app", codename__in=permissions
+        )
+        await sync_to_async(user.user_permissions.set)(await sync_to_async(list)(granted))
     client = AsyncClient(enforce_csrf_checks=True)
     await client.aforce_login(user)
     return client
@@ -518,8 +526,8 @@ async def logged_in(is_staff: bool) -> AsyncClient:
 
 @with_token
 @db
-async def test_staff_session_is_accepted_for_reads_only():
-    staff = await logged_in(is_staff=True)
+async def test_staff_session_with_the_permission_is_accepted_for_reads_only():
+    staff = await logged_in(True, "view_queuedashboard", "view_taskrunrecord")
     assert (await staff.get(QUEUES)).status_code == 200
     assert (await staff.get(f"{RUNS}{uuid.uuid4()}")).status_code == 404
     refused = await post(staff, RUNS, {"task_key": "k"})
@@ -533,8 +541,19 @@ async def test_staff_session_is_accepted_for_reads_only():
 @with_token
 @db
 async def test_a_session_that_is_not_staff_is_refused():
-    user = await logged_in(is_staff=False)
+    user = await logged_in(False, "view_queuedashboard", "view_taskrunrecord")
     assert (await user.get(QUEUES)).status_code == 401
+
+
+@with_token
+@db
+async def test_a_staff_session_without_the_view_permission_is_refused():
+    # The dashboard's permission opens the queue numbers, not the runs' parameters and results.
+    staff = await logged_in(True, "view_queuedashboard")
+    assert (await staff.get(QUEUES)).status_code == 200
+    assert (await staff.get(f"{RUNS}{uuid.uuid4()}")).status_code == 401
+    bare = await logged_in(True)
+    assert (await bare.get(QUEUES)).status_code == 401
 
 
 @override_settings(TASKQUEUE={"MAX_MESSAGE_BYTES": 1000})
