@@ -81,6 +81,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.credit_available = asyncio.Event()
         self.delivery: asyncio.Task | None = None
         self.restarting = False
+        self.handshake_timer: asyncio.TimerHandle | None = None
 
     # -- Channels plumbing --------------------------------------------------------------------
 
@@ -115,6 +116,10 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         """Step 1: the ``prefect`` subprotocol means auth follows; none is legacy mode."""
+        if not protocol.origin_allowed(self.scope):
+            self.phase = Phase.CLOSED
+            await self.close(code=protocol.CLOSE_POLICY_VIOLATION, reason=protocol.FOREIGN_ORIGIN)
+            return
         if protocol.SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
             self.phase = Phase.AUTH
             await self.accept(protocol.SUBPROTOCOL)
@@ -128,6 +133,18 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             await self.accept()
         _live.add(self)
         lifecycle.on_shutdown(close_all_subscriptions)
+        # A client that never authenticates or subscribes must not hold a socket forever.
+        self.handshake_timer = asyncio.get_running_loop().call_later(
+            protocol.HANDSHAKE_SECONDS, self._handshake_expired
+        )
+
+    def _handshake_expired(self) -> None:
+        if self.phase in (Phase.AUTH, Phase.SUBSCRIBE):
+            closer = asyncio.get_running_loop().create_task(
+                self._close(protocol.CLOSE_POLICY_VIOLATION, protocol.HANDSHAKE_TIMEOUT)
+            )
+            _closers.add(closer)
+            closer.add_done_callback(_closers.discard)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Every frame from the worker, routed by the phase the connection is in."""
@@ -150,6 +167,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         """Step 3: register the worker and start delivering, ``prefetch`` runs at a time."""
         self.subscription = subscription
         self.phase = Phase.SUBSCRIBED
+        self._cancel_handshake_timer()
         registry.connect(self.conn_id, subscription.client_id, subscription.keys)
         self._add_credits(subscription.prefetch)
         self.delivery = asyncio.get_running_loop().create_task(
@@ -240,6 +258,11 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             _closers.add(closer)  # a task nobody references may be collected before it runs
             closer.add_done_callback(_closers.discard)
 
+    def _cancel_handshake_timer(self) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+
     # -- closing ----------------------------------------------------------------------------------
 
     async def _close(self, code: int, reason: str | None) -> None:
@@ -268,6 +291,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if self.phase is Phase.CLOSED:
             return
         self.phase = Phase.CLOSED
+        self._cancel_handshake_timer()
         _live.discard(self)
         if self.delivery is not None:
             # Cancelling is enough: a run handed over in the same tick goes back to its queue

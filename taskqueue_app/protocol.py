@@ -10,6 +10,10 @@ import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from . import auth
 from .schemas import TASK_KEY_MAX
@@ -42,6 +46,11 @@ BAD_REPORTS_OUTCOMES = "Protocol violation: reports_outcomes must be true or fal
 NOT_JSON = "Protocol violation: expected a JSON object"
 LEGACY_REFUSED = "Auth required: offer the 'prefect' subprotocol and send an 'auth' message"
 SERVICE_RESTART = "Server restarting: reconnect"
+FOREIGN_ORIGIN = "Origin not allowed: workers send no Origin header"
+HANDSHAKE_TIMEOUT = "Handshake timed out: expected 'auth' and 'subscribe' messages"
+
+# Seconds a new connection has to authenticate and subscribe; after that no timer runs.
+HANDSHAKE_SECONDS = 10.0
 
 PREFETCH_MIN, PREFETCH_MAX = 1, 100
 CLIENT_ID_MAX = 200
@@ -56,6 +65,22 @@ class ProtocolError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """True without an ``Origin`` header (a worker), or with one whose host is allowed.
+
+    A browser always sends ``Origin``: with no token set, this keeps foreign web pages from
+    subscribing. The same hosts as ``ALLOWED_HOSTS`` are allowed (the admin's own pages).
+    """
+    origin = next((value for name, value in scope.get("headers", ()) if name == b"origin"), None)
+    if origin is None:
+        return True
+    host, _port = split_domain_port(urlsplit(origin.decode("latin-1")).netloc)
+    allowed = settings.ALLOWED_HOSTS or (
+        [".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else []
+    )
+    return bool(host) and validate_host(host, allowed)
 
 
 def violation(reason: str) -> ProtocolError:
