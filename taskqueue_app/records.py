@@ -17,6 +17,10 @@ from .schemas import TaskRun, now
 
 logger = logging.getLogger(__name__)
 
+# A state change the database refuses is tried again with later batches, this many times.
+MAX_UPDATE_ATTEMPTS = 5
+RETRY_DELAY = 0.2
+
 # A batch's fallback lookup binds one parameter per create; stay far below SQLite's limit.
 MAX_CREATES_PER_BATCH = 200
 
@@ -33,10 +37,13 @@ class RecordWriter:
         self._idle: list[asyncio.Future] = []
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Failed attempts per run whose state change could not be written yet.
+        self._attempts: dict[uuid.UUID, int] = {}
 
     def reset(self) -> None:
         """Drop whatever is pending (a testing utility: each test has its own event loop)."""
         self._creates, self._updates, self._idle, self._task = [], {}, [], None
+        self._attempts = {}
 
     async def create(self, run: TaskRun) -> tuple[TaskRun, bool]:
         """Insert ``run``; or return the run with its (task_key, dynamic_key) or id, and False."""
@@ -85,11 +92,23 @@ class RecordWriter:
             else:
                 if not future.done():
                     future.set_result(result)
+        failed = False
         for run_id, values in updates.items():
             try:
                 await loop.run_in_executor(self._executor, _commit, [], {run_id: values})
+                self._attempts.pop(run_id, None)
             except Exception:
-                logger.exception("lost a state change of run %s: %r", run_id, values)
+                failed = True
+                attempts = self._attempts[run_id] = self._attempts.get(run_id, 0) + 1
+                if attempts >= MAX_UPDATE_ATTEMPTS:
+                    self._attempts.pop(run_id)
+                    logger.exception("gave up on a state change of run %s: %r", run_id, values)
+                    continue
+                # A locked or briefly unavailable database: try again with the next batch, under
+                # any newer change of the same run (later writes win).
+                self._updates[run_id] = {**values, **self._updates.get(run_id, {})}
+        if failed:
+            await asyncio.sleep(RETRY_DELAY)  # back off before the next batch tries again
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -106,6 +125,9 @@ class RecordWriter:
                 logger.exception("could not write a batch of run records; writing them one by one")
                 await self._commit_apart(creates, updates)
                 continue
+            if self._attempts:
+                for run_id in updates:
+                    self._attempts.pop(run_id, None)
             for (_, future), result in zip(creates, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -65,3 +65,31 @@ async def test_state_changes_are_written_behind_and_merged():
     await writer.flush()
     record = await TaskRunRecord.objects.aget(pk=run.id)
     assert (record.state_type, record.worker, record.run_count) == ("RUNNING", "w1", 1)
+
+
+def _rename_table(old: str, new: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f'ALTER TABLE "{old}" RENAME TO "{new}"')
+
+
+async def test_a_state_change_the_database_refuses_is_tried_again():
+    from asgiref.sync import sync_to_async
+
+    run, _ = await writer.create(new_run())
+    table = TaskRunRecord._meta.db_table
+    await sync_to_async(_rename_table)(table, "away")  # the database refuses every write
+    try:
+        writer.update(run.with_state("COMPLETED", "Completed", result=5), "result")
+        for _ in range(400):  # until the writer has failed once (it runs in its own thread)
+            if writer._attempts:
+                break
+            await asyncio.sleep(0.005)
+        assert writer._attempts == {run.id: 1}
+    finally:
+        await sync_to_async(_rename_table)("away", table)
+    await writer.flush()
+    record = await TaskRunRecord.objects.aget(pk=run.id)
+    assert (record.state_type, record.result) == ("COMPLETED", 5)
+    assert writer._attempts == {}
