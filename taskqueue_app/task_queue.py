@@ -183,13 +183,13 @@ class TaskQueue:
         generation = taskqueue_settings.generation
         cache = self._limits_cache
         if cache is None or cache[0] != generation:
-            scheduled, retry = (
-                self._sizes or taskqueue_settings.key_sizes(self.task_key) or (None, None)
-            )
+            # Each bound on its own: configured here, else in KEYS, else the default.
+            explicit = self._sizes or (None, None)
+            keyed = taskqueue_settings.key_sizes(self.task_key) or (None, None)
             cache = self._limits_cache = (
                 generation,
-                scheduled or taskqueue_settings.SCHEDULED_QUEUE_SIZE,
-                retry or taskqueue_settings.RETRY_QUEUE_SIZE,
+                explicit[0] or keyed[0] or taskqueue_settings.SCHEDULED_QUEUE_SIZE,
+                explicit[1] or keyed[1] or taskqueue_settings.RETRY_QUEUE_SIZE,
             )
         return cache[1], cache[2]
 

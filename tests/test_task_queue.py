@@ -86,6 +86,15 @@ def test_keys_setting_configures_a_key():
         assert not TaskQueue.for_key("other").configured
 
 
+def test_configure_task_key_sets_each_bound_over_keys_and_defaults():
+    keys = {"KEYS": {"k": {"scheduled_size": 50, "retry_size": 10}}}
+    with override_settings(TASKQUEUE=keys):
+        TaskQueue.configure_task_key("k", scheduled_size=5)
+        queue = TaskQueue.for_key("k")
+        # The bound not given here still comes from KEYS, not from the global default.
+        assert (queue.scheduled_limit, queue.retry_limit) == (5, 10)
+
+
 def test_configure_task_key_before_first_use():
     TaskQueue.configure_task_key("k", scheduled_size=3, retry_size=2)
     queue = TaskQueue.for_key("k")
