@@ -11,11 +11,11 @@ import traceback
 from types import ModuleType
 from typing import Any
 
-from bench import common
+from bench import common, summary
 
 # One module per stage, ``bench/<name>.py``, exposing ``run(quick: bool) -> dict`` and optionally
 # ``report(result: dict) -> str`` (Markdown). A stage whose module does not exist yet is skipped.
-STAGES = ["queue_core", "http_enqueue", "consumer", "end_to_end"]
+STAGES = ["queue_core", "http_enqueue", "consumer", "end_to_end", "idle", "memory"]
 
 
 def _load(name: str) -> ModuleType | None:
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     selected = [name for name in STAGES if not args.only or name in args.only]
 
+    begun = time.perf_counter()
     finished: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     for index, name in enumerate(selected, 1):
@@ -77,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if finished:
         results = common.merge_results(finished)
-        common.write_markdown(results, STAGES)
+        headline = summary.table(results)
+        common.write_markdown(results, STAGES, preface=headline)
+        if headline:
+            print(f"## summary\n\n{headline}\n", flush=True)
         common.progress(f"wrote {common.LATEST_JSON} and {common.LATEST_MD}")
     if failed:
         common.progress(f"failed stages: {', '.join(failed)}")
+    common.progress(f"all done in {time.perf_counter() - begun:.0f} s")
     return 1 if failed else 0
 
 

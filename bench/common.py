@@ -125,12 +125,18 @@ def merge_results(
 
 
 def write_markdown(
-    results: dict[str, dict[str, Any]], order: Sequence[str] = (), path: Path = LATEST_MD
+    results: dict[str, dict[str, Any]],
+    order: Sequence[str] = (),
+    path: Path = LATEST_MD,
+    preface: str = "",
 ) -> None:
-    """Write each stage's ``markdown`` entry under a heading, stages in ``order`` first."""
+    """Write ``preface`` (the summary) then each stage's ``markdown`` entry under a heading,
+    stages in ``order`` first."""
     names = [name for name in order if name in results]
     names += [name for name in results if name not in names]
     parts = ["# Benchmark results", ""]
+    if preface:
+        parts += ["## Summary", "", preface, ""]
     for name in names:
         entry = results[name]
         mode = "quick" if entry.get("quick") else "full"
