@@ -123,6 +123,19 @@ def wait_for_worker(api_url: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def start_worker(api_url: str, limit: int, log) -> subprocess.Popen:
+    """One ``python -m taskqueue_app.worker`` process serving the no-op task."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "taskqueue_app.worker", "--url", api_url]
+        + ["--limit", str(limit), "--log-level", "WARNING", "bench.peers.ours.noop"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _phases(records: Records, one, many, runs: int, batch: int, config: dict) -> dict:
     """Warm-up, paced phase and repeated bursts of one producer path of ours."""
     records.collect(phases.paced(one, config["warmup"], 500))
@@ -141,15 +154,7 @@ def measure_ours(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
     daphne = server(tmp)
     with daphne, open(tmp / "ours-worker.log", "wb") as log:
-        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "taskqueue_app.worker", "--url", daphne.api_url]
-            + ["--limit", str(config["limit"]), "--log-level", "WARNING", "bench.peers.ours.noop"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = start_worker(daphne.api_url, config["limit"], log)
         try:
             wait_for_worker(daphne.api_url)
             records = Records(daphne.database)
