@@ -21,9 +21,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import dashboard
+from .auth import SESSION_METHODS
 from .models import QueueDashboard, TaskRunRecord
-
-SAFE_METHODS = ("GET", "HEAD")
 
 
 def _safe_only(view):
@@ -31,8 +30,8 @@ def _safe_only(view):
 
     @wraps(view)
     def wrapper(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.method not in SAFE_METHODS:
-            return HttpResponseNotAllowed(SAFE_METHODS)
+        if request.method not in SESSION_METHODS:
+            return HttpResponseNotAllowed(sorted(SESSION_METHODS))
         return view(self, request, *args, **kwargs)
 
     return wrapper

@@ -23,10 +23,10 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import lifecycle
+from . import lifecycle, records
 from .conf import taskqueue_settings
 from .enqueue_http import EnqueueError, post_run
-from .models import StateType, TaskRunRecord
+from .models import StateType
 from .schemas import TaskRun, isoformat, parse_uuid
 from .tasks_compat import (
     BaseTaskBackend,
@@ -78,21 +78,6 @@ def _check_policy(retries: Any, delay: Any, where: str) -> None:
         raise InvalidTaskError(
             f"{where} retry_delay_seconds must be a non-negative number, not {delay!r}"
         )
-
-
-def _usable_server_loop() -> asyncio.AbstractEventLoop | None:
-    """The server's loop if this process is the server and it is serving, else None."""
-    loop = lifecycle.server_loop()
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return None
-    return loop
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> Future:
@@ -168,8 +153,8 @@ class TaskQueueBackend(BaseTaskBackend):
         """Create a run of ``task``; raises ``lifecycle.QueueFullError`` when its queue is full."""
         self.validate_task(task)
         body = self.create_request(task, args, kwargs)
-        loop = _usable_server_loop()
-        if loop is not None and _running_loop() is loop:
+        loop = lifecycle.serving_loop()
+        if lifecycle.in_serving_loop():
             raise RuntimeError(
                 "enqueue() was called from the server's event loop, where it would block it: "
                 "use 'await task.aenqueue(...)' in async code"
@@ -186,8 +171,8 @@ class TaskQueueBackend(BaseTaskBackend):
         """``enqueue`` for async code; in the server's loop it creates the run directly."""
         self.validate_task(task)
         body = self.create_request(task, args, kwargs)
-        loop = _usable_server_loop()
-        if loop is not None and _running_loop() is loop:
+        loop = lifecycle.serving_loop()
+        if lifecycle.in_serving_loop():
             run, _ = await lifecycle.create(body)
         elif loop is not None:
             run, _ = await asyncio.wrap_future(_submit(lifecycle.create(body), loop))
@@ -213,8 +198,8 @@ class TaskQueueBackend(BaseTaskBackend):
     def get_result(self, result_id: str) -> TaskResult:
         """The run's current state as a ``TaskResult``; ``TaskResultDoesNotExist`` if unknown."""
         run_id = _parse_result_id(result_id)
-        loop = _usable_server_loop()
-        if loop is not None and _running_loop() is loop:
+        loop = lifecycle.serving_loop()
+        if lifecycle.in_serving_loop():
             raise RuntimeError(
                 "get_result() was called from the server's event loop: use "
                 "'await backend.aget_result(...)' in async code"
@@ -222,21 +207,19 @@ class TaskQueueBackend(BaseTaskBackend):
         if loop is not None:
             run = _submit(lifecycle.get(run_id), loop).result(LOOP_TIMEOUT_S)
         else:
-            record = TaskRunRecord.objects.filter(pk=run_id).first()
-            run = TaskRun.from_record(record) if record is not None else None
+            run = records.read(run_id)
         return self._existing(result_id, run)
 
     async def aget_result(self, result_id: str) -> TaskResult:
         """``get_result`` for async code."""
         run_id = _parse_result_id(result_id)
-        loop = _usable_server_loop()
-        if loop is not None and _running_loop() is loop:
+        loop = lifecycle.serving_loop()
+        if lifecycle.in_serving_loop():
             run = await lifecycle.get(run_id)
         elif loop is not None:
             run = await asyncio.wrap_future(_submit(lifecycle.get(run_id), loop))
         else:
-            record = await TaskRunRecord.objects.filter(pk=run_id).afirst()
-            run = TaskRun.from_record(record) if record is not None else None
+            run = await records.aread(run_id)
         return self._existing(result_id, run)
 
     def _existing(self, result_id: str, run: TaskRun | None) -> TaskResult:

@@ -18,8 +18,7 @@ from django.core.paginator import Paginator
 
 from . import lifecycle
 from .schemas import isoformat, now
-from .task_queue import TaskQueue
-from .workers import registry
+from .workers import queue_rows, registry
 
 PER_PAGE = 100
 # How long a view waits for the server loop to answer before giving up with a 503.
@@ -53,10 +52,8 @@ def _percent(fill: float) -> int:
 
 def _collect() -> dict[str, list[dict[str, Any]]]:
     """Copy the queue and worker state; must run in the thread of the loop that owns them."""
-    counts = registry.counts_per_key()
     queues = []
-    for row in TaskQueue.snapshot():
-        row["workers"] = counts.get(row["task_key"], 0)
+    for row in queue_rows():
         row["scheduled_fill"] = _fill(row["scheduled_size"], row["scheduled_limit"])
         row["retry_fill"] = _fill(row["retry_size"], row["retry_limit"])
         row["fill"] = max(row["scheduled_fill"], row["retry_fill"])
@@ -73,15 +70,9 @@ def read_state(timeout: float = LOOP_TIMEOUT) -> dict[str, list[dict[str, Any]]]
 
     Safe from any thread: when the server loop runs in another thread the copy is taken there.
     """
-    loop = lifecycle.server_loop()
-    if loop is None or loop.is_closed() or not loop.is_running():
-        # No server loop (management commands, the sync test client): nothing runs concurrently.
-        return _collect()
-    try:
-        current = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
-    if current is loop:
+    loop = lifecycle.serving_loop()
+    if loop is None or lifecycle.in_serving_loop():
+        # No server loop here (management commands, the sync test client), or we are in it.
         return _collect()
     future = asyncio.run_coroutine_threadsafe(_acollect(), loop)
     try:

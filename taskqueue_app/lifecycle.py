@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 
 from .conf import taskqueue_settings
 from .models import FINISHED_STATES, TERMINAL_STATES, StateType, TaskRunRecord
-from .records import writer
+from .records import aread, writer
 from .scheduler import scheduler
 from .schemas import TaskRun, now, run_from_request
 from .task_queue import TaskQueue
@@ -84,6 +84,25 @@ def reset() -> None:
 def server_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop the queues live in, once the server has started serving."""
     return _state.loop
+
+
+def serving_loop() -> asyncio.AbstractEventLoop | None:
+    """The server's loop while it is running in this process, else None (another process)."""
+    loop = _state.loop
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return None
+    return loop
+
+
+def in_serving_loop() -> bool:
+    """True in the server loop's own thread, where blocking on it would deadlock."""
+    loop = serving_loop()
+    if loop is None:
+        return False
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 # -- create -------------------------------------------------------------------------------------
@@ -174,8 +193,7 @@ async def _locate(holder: str, run_id: uuid.UUID) -> TaskRun | None:
     if other is not None and TaskQueue.held_run(other, run_id).state_type != StateType.SCHEDULED:
         return None  # acked by another worker; an unacked copy in flight is dropped at its ack
     await writer.flush()  # the record must show the state changes still being written
-    record = await TaskRunRecord.objects.filter(pk=run_id).afirst()
-    return TaskRun.from_record(record) if record is not None else None
+    return await aread(run_id)
 
 
 async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> TaskRun | None:
@@ -309,8 +327,7 @@ async def disconnect(holder: str) -> None:
 async def get(run_id: uuid.UUID) -> TaskRun | None:
     """The run as recorded (after any pending writes), or None."""
     await writer.flush()
-    record = await TaskRunRecord.objects.filter(pk=run_id).afirst()
-    return TaskRun.from_record(record) if record is not None else None
+    return await aread(run_id)
 
 
 async def retry(run_id: uuid.UUID) -> TaskRun | None:

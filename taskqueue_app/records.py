@@ -206,6 +206,18 @@ def _write_updates(updates: dict[uuid.UUID, dict[str, Any]]) -> None:
             )
 
 
+def read(run_id: uuid.UUID) -> TaskRun | None:
+    """The run as recorded (committed writes only), or None."""
+    record = TaskRunRecord.objects.filter(pk=run_id).first()
+    return TaskRun.from_record(record) if record is not None else None
+
+
+async def aread(run_id: uuid.UUID) -> TaskRun | None:
+    """``read`` for async code."""
+    record = await TaskRunRecord.objects.filter(pk=run_id).afirst()
+    return TaskRun.from_record(record) if record is not None else None
+
+
 writer = RecordWriter()
 
 # A forked child (a test's live-server process, a pre-fork server) inherits the executor but not

@@ -32,8 +32,7 @@ from . import lifecycle
 from .auth import token_auth
 from .conf import taskqueue_settings
 from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
-from .task_queue import TaskQueue
-from .workers import registry
+from .workers import queue_rows, registry
 
 JSON_TYPE = "application/json"
 # A body without Content-Type is taken as JSON; see the module docstring.
@@ -220,11 +219,7 @@ async def task_run_retry(request: HttpRequest, run_id: str) -> HttpResponse:
 @api_view("GET", permission="taskqueue_app.view_queuedashboard")
 async def task_queues(request: HttpRequest) -> HttpResponse:
     """Per key: lane sizes and limits, whether configured, and how many workers subscribe."""
-    counts = registry.counts_per_key()
-    rows = TaskQueue.snapshot()
-    for row in rows:
-        row["workers"] = counts.get(row["task_key"], 0)
-    return json_response(rows)
+    return json_response(queue_rows())
 
 
 def _task_keys_filter(data: Any) -> list[str] | None:

@@ -7,15 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .schemas import isoformat
 from .task_queue import TaskQueue
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -92,14 +89,23 @@ class WorkerRegistry:
                 {
                     "identifier": client_id,
                     "task_keys": keys,
-                    "timestamp": _iso(last),
+                    "timestamp": isoformat(last),
                     "connections": len(connections),
                     "held": [str(run.id) for run in held],
-                    "connected_since": _iso(min(c.connected_since for c in connections)),
-                    "last_activity": _iso(last),
+                    "connected_since": isoformat(min(c.connected_since for c in connections)),
+                    "last_activity": isoformat(last),
                 }
             )
         return sorted(result, key=lambda w: w["identifier"])
 
 
 registry = WorkerRegistry()
+
+
+def queue_rows() -> list[dict[str, Any]]:
+    """``TaskQueue.snapshot()`` with ``workers``: the connections subscribed to each key."""
+    counts = registry.counts_per_key()
+    rows = TaskQueue.snapshot()
+    for row in rows:
+        row["workers"] = counts.get(row["task_key"], 0)
+    return rows
