@@ -168,7 +168,11 @@ class TaskWorker(TaskCalls):
             force = True  # a second request means "now"
         if force:
             self._forced = True
-            logger.warning("stopping now: %d running run(s) handed back", len(self._running))
+            logger.warning(
+                "stopping now: %d running run(s) cancelled; the server records them CRASHED "
+                "and retries those with retries left",
+                len(self._running),
+            )
             for task in list(self._running.values()):
                 task.cancel()
         elif not self._stopping:
@@ -245,7 +249,12 @@ class TaskWorker(TaskCalls):
     async def _handshake(self, ws: ClientConnection) -> None:
         """Authenticate (token may be null when the server asks none), then subscribe."""
         await ws.send(json.dumps({"type": "auth", "token": self.token}))
-        reply = json.loads(await ws.recv())
+        raw = await ws.recv()
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            # A server (or a proxy) answering with something else: reconnect and try again.
+            raise ConnectionError(f"the reply to auth is not JSON: {raw!r:.200}") from None
         if not isinstance(reply, dict) or reply.get("type") != "auth_success":
             raise WorkerAuthError(f"unexpected reply to auth: {reply!r}")
         prefetch = max(1, min(MAX_PREFETCH, self.limit - len(self._running)))
