@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .scheduler import scheduler
 from .schemas import isoformat
 from .task_queue import TaskQueue
 
@@ -103,9 +104,12 @@ registry = WorkerRegistry()
 
 
 def queue_rows() -> list[dict[str, Any]]:
-    """``TaskQueue.snapshot()`` with ``workers``: the connections subscribed to each key."""
+    """``TaskQueue.snapshot()`` with ``workers`` (connections subscribed to each key) and
+    ``backlog`` (accepted runs waiting for room in a full lane, after a large restore say)."""
     counts = registry.counts_per_key()
+    backlogs = scheduler.backlog_sizes()
     rows = TaskQueue.snapshot()
     for row in rows:
         row["workers"] = counts.get(row["task_key"], 0)
+        row["backlog"] = backlogs.get(row["task_key"], 0)
     return rows

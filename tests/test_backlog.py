@@ -10,6 +10,7 @@ from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import TaskRun, now
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
+from taskqueue_app.workers import queue_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,6 +30,8 @@ async def test_restore_beyond_the_bound_feeds_the_rest_in_order():
     queue = TaskQueue.for_key("k")
     assert queue.qsize() == 2
     assert scheduler.backlog_sizes() == {"k": 3}
+    (row,) = queue_rows()
+    assert (row["scheduled_size"], row["backlog"]) == (2, 3)
 
     multi = MultiQueue(["k"])
     got = [await asyncio.wait_for(multi.get(), 1) for _ in records]
