@@ -160,7 +160,16 @@ class TaskQueueBackend(BaseTaskBackend):
                 "use 'await task.aenqueue(...)' in async code"
             )
         if loop is not None:
-            run, _ = _submit(lifecycle.create(body), loop).result(LOOP_TIMEOUT_S)
+            try:
+                run, _ = _submit(lifecycle.create(body), loop).result(LOOP_TIMEOUT_S)
+            except TimeoutError:
+                # The create may still land: name the run so that the caller can look it up
+                # instead of enqueueing a second one.
+                raise EnqueueError(
+                    f"the server did not confirm run {body['id']} within {LOOP_TIMEOUT_S} s; "
+                    f"it may still be created: check get_result({body['id']!r}) before "
+                    "enqueueing again"
+                ) from None
         else:
             run = self._post(body)
         result = self.result_of(run, task)
