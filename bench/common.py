@@ -67,6 +67,8 @@ def fmt_number(value: float | None, digits: int = 3) -> str:
         return "—"
     if value == 0:
         return "0"
+    if abs(value) < 10 ** (digits - 1):  # rounded first: 0.09999 is shown as 0.100, not 0.1000
+        value = float(f"{value:.{digits}g}")
     magnitude = math.floor(math.log10(abs(value)))
     decimals = max(0, digits - 1 - magnitude)
     return f"{value:,.{decimals}f}"
