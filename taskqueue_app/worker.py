@@ -10,8 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import random
-import signal
 import socket
 import threading
 import time
@@ -31,7 +29,10 @@ from .worker_support import (
     OutcomeError,
     TaskCalls,
     WorkerAuthError,
+    backoff_delay,
+    describe_failure,
     error_of,
+    install_signal_handlers,
     subscription_url,
     task_key_of,
     unwrap_task,
@@ -119,7 +120,7 @@ class TaskWorker(TaskCalls):
         loop = self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._executor = ThreadPoolExecutor(self.limit, thread_name_prefix="taskworker")
-        signals = self._install_signal_handlers(loop)
+        signals = install_signal_handlers(loop, self.stop)
         attempt = 0
         try:
             while not self._finished():
@@ -131,10 +132,10 @@ class TaskWorker(TaskCalls):
                     self._forced = True
                     raise
                 except (OSError, TimeoutError, WebSocketException) as exc:
-                    logger.warning("cannot reach %s: %s", self.ws_url, _describe(exc))
+                    logger.warning("cannot reach %s: %s", self.ws_url, describe_failure(exc))
                 if self._finished():
                     break
-                delay = self._backoff(attempt)
+                delay = backoff_delay(attempt, self.max_backoff)
                 attempt += 1
                 logger.info("reconnecting in %.2f s", delay)
                 try:
@@ -191,11 +192,6 @@ class TaskWorker(TaskCalls):
         if self._forced:
             return True
         return self._stopping and not self._running and not self._outbox
-
-    def _backoff(self, attempt: int) -> float:
-        """Capped exponential back-off with jitter: half fixed, half random."""
-        ceiling = min(self.max_backoff, 0.25 * 2**attempt)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     async def _serve_connection(self) -> bool:
         """One connection's life; True if it got as far as subscribing."""
@@ -401,26 +397,6 @@ class TaskWorker(TaskCalls):
             except ConnectionClosed:
                 pass
         self._outbox.append(message)
-
-    # -- signals ------------------------------------------------------------------------------
-
-    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[int]:
-        if threading.current_thread() is not threading.main_thread():
-            return []  # only the main thread may handle signals; stop() still works
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # not on this platform / loop
-                pass
-        return installed
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, InvalidStatus):
-        return f"HTTP {exc.response.status_code} on the WebSocket upgrade"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 if __name__ == "__main__":

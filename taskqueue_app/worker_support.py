@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import signal
+import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -15,11 +18,16 @@ from inspect import iscoroutinefunction
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from websockets.exceptions import InvalidStatus
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "OutcomeError",
     "TaskCalls",
     "WorkerAuthError",
+    "backoff_delay",
+    "describe_failure",
+    "install_signal_handlers",
     "error_of",
     "subscription_url",
     "task_key_of",
@@ -28,6 +36,35 @@ __all__ = [
 
 SUBSCRIPTION_PATH = "task_runs/subscriptions/scheduled"
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # the server's default MAX_MESSAGE_BYTES
+
+
+def backoff_delay(attempt: int, maximum: float) -> float:
+    """Capped exponential back-off with jitter: half fixed, half random, so that workers
+    restarted together do not reconnect together."""
+    ceiling = min(maximum, 0.25 * 2**attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line account of why a connection attempt failed."""
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code} on the WebSocket upgrade"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def install_signal_handlers(loop: asyncio.AbstractEventLoop, callback: Callable) -> list[int]:
+    """Make SIGINT and SIGTERM call ``callback``; the signals installed (none off the main
+    thread, where only ``stop()`` can end the worker)."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, callback)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not on this platform or loop
+            pass
+    return installed
 
 
 class WorkerAuthError(Exception):
