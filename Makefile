@@ -5,7 +5,12 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Django 6 needs Python 3.12+: the second test leg uses this interpreter, in its own venv.
-PYTHON312 ?= $(shell for c in python3.12 "env PYENV_VERSION=3.12.1 python"; do $$c -c 'import sys; assert sys.version_info >= (3, 12); print(sys.executable)' 2>/dev/null && break; done)
+CHECK312 := import sys; assert sys.version_info >= (3, 12); print(sys.executable)
+# Python 3.12 (the leg CI runs) on PATH or installed by pyenv; failing that, a newer one.
+PYTHON312 ?= $(shell for c in python3.12 python3.13; do $$c -c '$(CHECK312)' 2>/dev/null && exit; done; \
+	for p in '3\.12' '3\.1[3-9]'; do \
+	v=$$(pyenv versions --bare 2>/dev/null | grep -E "^$$p(\.[0-9]+)?$$" | tail -n 1); \
+	[ -n "$$v" ] && PYENV_VERSION=$$v python -c '$(CHECK312)' 2>/dev/null && exit; done)
 VENV6 ?= .venv-django6
 PYTEST_ARGS ?=
 
