@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent  # the repository: where subprocesses run
+RESULTS_DIR = ROOT / "bench" / "results"
 LATEST_JSON = RESULTS_DIR / "latest.json"
 LATEST_MD = RESULTS_DIR / "latest.md"
 
@@ -32,6 +35,50 @@ def setup_django(settings_module: str = "project.settings") -> None:
 def progress(message: str) -> None:
     """Print one progress line to stderr (stdout stays clean Markdown), with time since start."""
     print(f"[bench {time.perf_counter() - _STARTED:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def environment() -> dict[str, Any]:
+    """The Python version and CPU count a stage's result records."""
+    return {"python": platform.python_version(), "cpus": os.cpu_count()}
+
+
+def target(name: str, goal: str, value: Any, met: bool) -> dict[str, Any]:
+    """One entry of a result's ``targets``: its name, the goal, the value measured, met or not."""
+    return {"name": name, "target": goal, "value": value, "met": met}
+
+
+def met_marks(targets: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """A table's "met" cell by target name: 'yes' or '**NO**'."""
+    return {t["name"]: "yes" if t["met"] else "**NO**" for t in targets}
+
+
+def verdict(target: dict[str, Any]) -> str:
+    """A target in the notes: 'met' or '**NOT met**'."""
+    return "met" if target.get("met") else "**NOT met**"
+
+
+def environment_note(environment: dict[str, Any]) -> str:
+    """The start of a report's last note: ``- Python 3.x, N CPUs`` (of ``environment()``)."""
+    return f"- Python {environment['python']}, {environment['cpus']} CPUs"
+
+
+def stage_parser(name: str, doc: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """The ``python -m bench.<name> [--quick]`` command line of a stage."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def stage_main(
+    name: str,
+    doc: str | None,
+    quick_help: str,
+    run: Callable[[bool], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+    argv: list[str] | None = None,
+) -> None:
+    """A stage's ``main``: parse ``[--quick]``, measure with ``run``, print ``report``'s tables."""
+    print(report(run(stage_parser(name, doc, quick_help).parse_args(argv).quick)))
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -23,10 +23,8 @@ the server, alike for every row.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -48,7 +46,7 @@ PRODUCERS = 8
 IDLE_WORKERS = 100
 TARGET_RATIO = 0.40
 IDLE_MAX_PCT = 1.0
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = common.ROOT
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")  # the resolution of a process's CPU times
 KINDS = ("ceiling", "ws", "post")
 LABELS = {"ceiling": "ceiling (bare websockets)", "ws": "ours, ws enqueue", "post": "ours, POST"}
@@ -217,28 +215,27 @@ def run(quick: bool) -> dict[str, Any]:
             ceiling.stop()
             ours.stop()
     targets = [
-        {
-            "name": f"throughput, {row['workers']} worker(s), prefetch {row['prefetch']}",
-            "target": f"ours (ws enqueue) >= {TARGET_RATIO:.0%} of the ceiling",
-            "value": round(row["ws"]["of_ceiling"], 3),
-            "met": row["ws"]["of_ceiling"] >= TARGET_RATIO,
-        }
+        common.target(
+            f"throughput, {row['workers']} worker(s), prefetch {row['prefetch']}",
+            f"ours (ws enqueue) >= {TARGET_RATIO:.0%} of the ceiling",
+            round(row["ws"]["of_ceiling"], 3),
+            row["ws"]["of_ceiling"] >= TARGET_RATIO,
+        )
         for row in rows.values()
     ]
     targets.append(
-        {
-            "name": f"idle CPU, {IDLE_WORKERS} workers",
-            "target": f"< {IDLE_MAX_PCT}% of one core",
-            "value": round(idle["ours"], 3),
-            "met": idle["ours"] < IDLE_MAX_PCT,
-        }
+        common.target(
+            f"idle CPU, {IDLE_WORKERS} workers",
+            f"< {IDLE_MAX_PCT}% of one core",
+            round(idle["ours"], 3),
+            idle["ours"] < IDLE_MAX_PCT,
+        )
     )
     return {
         "config": config,
         "rows": rows,
         "idle_cpu_pct": idle,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **common.environment(),
         "targets": targets,
     }
 
@@ -246,7 +243,7 @@ def run(quick: bool) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     """The Markdown table of a ``run`` result, with the notes needed to read it."""
     fmt = common.fmt_number
-    met = {t["name"]: "yes" if t["met"] else "**NO**" for t in result["targets"]}
+    met = common.met_marks(result["targets"])
     lines = []
     for row in result["rows"].values():
         setting = f"{row['workers']} worker(s), prefetch {row['prefetch']}"
@@ -309,16 +306,14 @@ def report(result: dict[str, Any]) -> str:
         f"{result['config']['idle_seconds']:g} s, counted in {1000 * TICK_S:g} ms ticks (0 means "
         f"under {100 * TICK_S / result['config']['idle_seconds']:.2g}% of a core); Prefect's "
         "server spends about 0.44% of a core per idle worker.",
-        f"- Python {result['python']}, {result['cpus']} CPUs; load generator in the same machine.",
+        f"{common.environment_note(result)}; load generator in the same machine.",
     ]
     return table + "\n\n" + idle_table + "\n\n" + "\n".join(notes)
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.consumer [--quick]``: measure and print the tables."""
-    parser = argparse.ArgumentParser(prog="python -m bench.consumer", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer runs, a 5 s idle window")
-    print(report(run(parser.parse_args(argv).quick)))
+    common.stage_main(NAME, __doc__, "fewer runs, a 5 s idle window", run, report, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Peers live in their own venvs under the user's cache directory (``bench/peers/ve
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import tempfile
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import venvs
 from bench.peers.celery_peer import measure_celery
+from bench.peers.common import measured_or_skipped
 from bench.peers.ours_peer import SERVER_BATCH, measure_ours
 from bench.peers.prefect_peer import measure_prefect
 from bench.peers.rq_peer import measure_rq
@@ -62,17 +61,6 @@ def _config(quick: bool) -> dict[str, Any]:
     }
 
 
-def _peer(name: str, measure, config: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    try:
-        return measure(config, tmp)
-    except venvs.PeerUnavailable as exc:
-        common.progress(f"{NAME}: {name} skipped: {exc}")
-        return {"skipped": str(exc)}
-    except Exception as exc:  # a peer that breaks must not hide our own figures
-        common.progress(f"{NAME}: {name} failed: {exc}")
-        return {"skipped": f"failed: {str(exc).splitlines()[0]}"}
-
-
 def systems(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every system's entry by key (``ours``, ``ours_http``, peers), in table order."""
     out = {"ours": result["ours"]["in_server"], "ours_http": result["ours"]["http"]}
@@ -90,21 +78,13 @@ def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         ratio = ours["burst"]["runs_per_s"] / peer["burst"]["runs_per_s"]
         targets.append(
-            {
-                "name": f"throughput vs {name}",
-                "target": f"ours > {name} (runs/s)",
-                "value": ratio,
-                "met": ratio > 1,
-            }
+            common.target(f"throughput vs {name}", f"ours > {name} (runs/s)", ratio, ratio > 1)
         )
         p50_ratio = peer["paced"]["p50_ms"] / ours["paced"]["p50_ms"]
         targets.append(
-            {
-                "name": f"p50 latency vs {name}",
-                "target": f"ours < {name} (p50 ms)",
-                "value": p50_ratio,
-                "met": p50_ratio > 1,
-            }
+            common.target(
+                f"p50 latency vs {name}", f"ours < {name} (p50 ms)", p50_ratio, p50_ratio > 1
+            )
         )
     return targets
 
@@ -120,7 +100,7 @@ def run(quick: bool) -> dict[str, Any]:
         for key, label in PEERS.items():
             common.progress(f"{NAME}: {label}")
             measure = {"celery": measure_celery, "rq": measure_rq, "prefect": measure_prefect}
-            result[key] = _peer(label, measure[key], config, tmp)
+            result[key] = measured_or_skipped(NAME, label, measure[key], config, tmp)
     result["environment"] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -159,8 +139,7 @@ def report(result: dict[str, Any]) -> str:
     )
     config = result["config"]
     verdicts = [
-        f"- Target {t['name']}: {t['target']}: {common.fmt_ratio(t['value'])}, "
-        f"{'met' if t['met'] else '**NOT met**'}."
+        f"- Target {t['name']}: {t['target']}: {common.fmt_ratio(t['value'])}, {common.verdict(t)}."
         for t in result["targets"]
     ]
     notes = [
@@ -188,18 +167,14 @@ def report(result: dict[str, Any]) -> str:
         f"--concurrency {config['limit']}`, RQ's `SimpleWorker` (one job at a time, no fork), "
         f"Prefect `serve(limit={config['limit']})`; log level WARNING.",
         *verdicts,
-        f"- Python {result['environment']['python']}, {result['environment']['cpus']} CPUs, "
-        f"{result['environment']['platform']}.",
+        f"{common.environment_note(result['environment'])}, {result['environment']['platform']}.",
     ]
     return "\n".join([table, *notes])
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.end_to_end [--quick]``: measure and print the Markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m bench.end_to_end", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1,000 runs; no Prefect")
-    args = parser.parse_args(argv)
-    print(report(run(args.quick)))
+    common.stage_main(NAME, __doc__, "1,000 runs; no Prefect", run, report, argv)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,8 @@ its own core.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import platform
 import pstats
 import sqlite3
 import sys
@@ -150,7 +147,7 @@ def _server(tmp: str, profile: str | None = None):
         settings="bench.settings",
         database=Path(tmp) / "bench.sqlite3",
         env=env,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=common.ROOT,
     )
 
 
@@ -187,29 +184,28 @@ def run(quick: bool) -> dict[str, Any]:
         finally:
             server.stop()
     targets = [
-        {
-            "name": f"enqueue throughput, {clients} clients",
-            "target": f">= {TARGET_RATIO:.0%} of the ceiling",
-            "value": round(row["ratio"], 3),
-            "met": row["ratio"] >= TARGET_RATIO,
-        }
+        common.target(
+            f"enqueue throughput, {clients} clients",
+            f">= {TARGET_RATIO:.0%} of the ceiling",
+            round(row["ratio"], 3),
+            row["ratio"] >= TARGET_RATIO,
+        )
         for clients, row in figures.items()
     ]
     targets.append(
-        {
-            "name": "every 201 is a durable record",
-            "target": "records == 201 answers",
-            "value": f"{recorded} / {created}",
-            "met": recorded == created,
-        }
+        common.target(
+            "every 201 is a durable record",
+            "records == 201 answers",
+            f"{recorded} / {created}",
+            recorded == created,
+        )
     )
     return {
         "config": config,
         "figures": figures,
         "created": created,
         "recorded": recorded,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
+        **common.environment(),
         "targets": targets,
     }
 
@@ -217,7 +213,7 @@ def run(quick: bool) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     """The Markdown table of a ``run`` result, with the notes needed to read it."""
     fmt = common.fmt_number
-    met = {t["name"]: "yes" if t["met"] else "**NO**" for t in result["targets"]}
+    met = common.met_marks(result["targets"])
     rows = []
     for clients, row in result["figures"].items():
         for label in ("ceiling", "api"):
@@ -251,7 +247,7 @@ def report(result: dict[str, Any]) -> str:
         "without queue or database.",
         f"- Durability: {result['recorded']:,} run records for {result['created']:,} answers "
         f"201 ({met['every 201 is a durable record']}).",
-        f"- Python {result['python']}, {result['cpus']} CPUs.",
+        f"{common.environment_note(result)}.",
     ]
     return table + "\n\n" + "\n".join(notes)
 
@@ -283,8 +279,7 @@ def profile(target: str = "api", seconds: float = 5.0, clients: int = 64, top: i
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.http_enqueue [--quick | --profile]``: measure and print the table."""
-    parser = argparse.ArgumentParser(prog="python -m bench.http_enqueue", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="2 s per row instead of 10 s")
+    parser = common.stage_parser(NAME, __doc__, "2 s per row instead of 10 s")
     parser.add_argument(
         "--profile",
         choices=["api", "ceiling"],

@@ -14,10 +14,7 @@ a quiet window, first with no worker connected, then with 100 idle ones.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import platform
 import subprocess
 import tempfile
 import threading
@@ -30,8 +27,9 @@ from typing import Any
 
 from bench import common
 from bench.consumer_clients import Workers
-from bench.peers import procs, venvs
-from bench.peers.celery_peer import ROOT, celery_python, peer_env
+from bench.peers import procs
+from bench.peers.celery_peer import celery_python
+from bench.peers.common import ROOT, measured_or_skipped, peer_env
 from bench.peers.ours_peer import server
 from bench.peers.prefect_peer import PrefectServer, prefect_python
 from bench.peers.redis_server import RedisServer
@@ -143,17 +141,6 @@ def measure_prefect(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
         )
 
 
-def _peer(label: str, measure, config: dict, tmp: Path) -> dict[str, Any]:
-    try:
-        return measure(config, tmp)
-    except venvs.PeerUnavailable as exc:
-        common.progress(f"{NAME}: {label} skipped: {exc}")
-        return {"skipped": str(exc)}
-    except Exception as exc:  # a peer that breaks must not hide the others' figures
-        common.progress(f"{NAME}: {label} failed: {exc}")
-        return {"skipped": f"failed: {str(exc).splitlines()[0]}"}
-
-
 def run(quick: bool) -> dict[str, Any]:
     """Each system in turn: a window with no worker, a window with ``WORKERS`` idle ones."""
     common.setup_django()
@@ -168,16 +155,13 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="taskqueue-idle-") as name:
         for key, measure in measures.items():
             common.progress(f"{NAME}: {LABELS[key]}, {config['seconds']:g} s windows")
-            result[key] = _peer(LABELS[key], measure, config, Path(name))
-    result["environment"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+            result[key] = measured_or_skipped(NAME, LABELS[key], measure, config, Path(name))
+    result["environment"] = common.environment()
     ours = result["ours"]["workers_pct"]
     result["targets"] = [
-        {
-            "name": f"idle CPU, {WORKERS} workers",
-            "target": f"< {TARGET_PCT}% of one core",
-            "value": ours,
-            "met": ours < TARGET_PCT,
-        }
+        common.target(
+            f"idle CPU, {WORKERS} workers", f"< {TARGET_PCT}% of one core", ours, ours < TARGET_PCT
+        )
     ]
     return result
 
@@ -212,17 +196,15 @@ def report(result: dict[str, Any]) -> str:
         "connections doing what their idle workers do on Redis; Prefect: the task-worker "
         "client's subscriptions, all in one process.",
         f"- Target: ours < {TARGET_PCT}% of one core with {WORKERS} idle workers: "
-        f"{fmt(target['value'])}%, {'met' if target['met'] else '**NOT met**'}.",
-        f"- Python {result['environment']['python']}, {result['environment']['cpus']} CPUs.",
+        f"{fmt(target['value'])}%, {common.verdict(target)}.",
+        f"{common.environment_note(result['environment'])}.",
     ]
     return "\n".join([table, *notes])
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.idle [--quick]``: measure and print the Markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="2 s windows; no Prefect")
-    print(report(run(parser.parse_args(argv).quick)))
+    common.stage_main(NAME, __doc__, "2 s windows; no Prefect", run, report, argv)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,8 @@ not measured (see the report). Also what one ``TaskRun`` costs in this process (
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -22,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import procs, venvs
-from bench.peers.celery_peer import celery_python, drive, peer_env
+from bench.peers import procs
+from bench.peers.celery_peer import celery_python
+from bench.peers.common import drive, measured_or_skipped, peer_env
 from bench.peers.ours_peer import Records, Trigger, server
 from bench.peers.redis_server import RedisServer
 from bench.peers.rq_peer import rq_python
@@ -136,17 +134,6 @@ def task_run_cost(count: int = 10_000) -> dict[str, Any]:
     }
 
 
-def _peer(label: str, measure, config: dict, tmp: Path) -> dict[str, Any]:
-    try:
-        return measure(config, tmp)
-    except venvs.PeerUnavailable as exc:
-        common.progress(f"{NAME}: {label} skipped: {exc}")
-        return {"skipped": str(exc)}
-    except Exception as exc:  # a peer that breaks must not hide the others' figures
-        common.progress(f"{NAME}: {label} failed: {exc}")
-        return {"skipped": f"failed: {str(exc).splitlines()[0]}"}
-
-
 def run(quick: bool) -> dict[str, Any]:
     """Ours, Celery and RQ one after another; Prefect reported as not measured."""
     common.setup_django()
@@ -155,19 +142,16 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="taskqueue-memory-") as name:
         tmp = Path(name)
         result["ours"] = measure_ours(config, tmp)
-        result["celery"] = _peer("Celery", measure_celery, config, tmp)
-        result["rq"] = _peer("RQ", measure_rq, config, tmp)
+        result["celery"] = measured_or_skipped(NAME, "Celery", measure_celery, config, tmp)
+        result["rq"] = measured_or_skipped(NAME, "RQ", measure_rq, config, tmp)
     result["prefect"] = {"skipped": PREFECT_REASON}
     result["task_run"] = task_run_cost()
-    result["environment"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+    result["environment"] = common.environment()
     per_run = result["ours"]["bytes_per_run"]
     result["targets"] = [
-        {
-            "name": "memory per queued run",
-            "target": f"< {TARGET_BYTES:,} bytes",
-            "value": per_run,
-            "met": per_run < TARGET_BYTES,
-        }
+        common.target(
+            "memory per queued run", f"< {TARGET_BYTES:,} bytes", per_run, per_run < TARGET_BYTES
+        )
     ]
     return result
 
@@ -208,20 +192,18 @@ def report(result: dict[str, Any]) -> str:
         "records written (SQLite); queue bound raised in `bench/settings.py`. Celery: "
         "`noop.delay()` from 4 threads; RQ: `enqueue_many` in pipelines of 1,000.",
         f"- Target: ours < {TARGET_BYTES:,} bytes per queued run: "
-        f"{fmt(target['value'])}, {'met' if target['met'] else '**NOT met**'}.",
+        f"{fmt(target['value'])}, {common.verdict(target)}.",
         f"- One `TaskRun` as the server builds it (`run_from_request`, tracemalloc over 10,000 "
         f"in the bench process): {fmt(cost['traced_bytes_per_run'])} bytes; the object itself "
         f"{cost['object_bytes']} bytes (slots); largest parts: {parts}.",
-        f"- Python {result['environment']['python']}, {result['environment']['cpus']} CPUs.",
+        f"{common.environment_note(result['environment'])}.",
     ]
     return "\n".join([table, *notes])
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.memory [--quick]``: measure and print the Markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="10,000 runs instead of 100,000")
-    print(report(run(parser.parse_args(argv).quick)))
+    common.stage_main(NAME, __doc__, "10,000 runs instead of 100,000", run, report, argv)
 
 
 if __name__ == "__main__":

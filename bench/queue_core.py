@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import platform
@@ -225,30 +224,30 @@ def _targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
     for n_keys, row in figures["wakeup"].items():
         p50, factor = row["ours"]["p50_ms"], row["ratio_p50"]
         targets.append(
-            {
-                "name": f"wake-up p50, {n_keys} keys",
-                "target": f"< {WAKEUP_P50_MAX_MS} ms and >= {WAKEUP_MIN_RATIO}x lower than polling",
-                "value": p50,
-                "met": p50 < WAKEUP_P50_MAX_MS and (factor or 0) >= WAKEUP_MIN_RATIO,
-            }
+            common.target(
+                f"wake-up p50, {n_keys} keys",
+                f"< {WAKEUP_P50_MAX_MS} ms and >= {WAKEUP_MIN_RATIO}x lower than polling",
+                p50,
+                p50 < WAKEUP_P50_MAX_MS and (factor or 0) >= WAKEUP_MIN_RATIO,
+            )
         )
     idle = figures["idle_cpu"]["ours"]["pct_of_core"]
     targets.append(
-        {
-            "name": f"idle CPU, {IDLE_WAITERS:,} waiters",
-            "target": f"< {IDLE_MAX_PCT}% of one core",
-            "value": idle,
-            "met": idle < IDLE_MAX_PCT,
-        }
+        common.target(
+            f"idle CPU, {IDLE_WAITERS:,} waiters",
+            f"< {IDLE_MAX_PCT}% of one core",
+            idle,
+            idle < IDLE_MAX_PCT,
+        )
     )
     rate = figures["throughput"]["ours"]["runs_per_s"]
     targets.append(
-        {
-            "name": "put_nowait+get_nowait throughput",
-            "target": f"> {THROUGHPUT_MIN:,} runs/s",
-            "value": rate,
-            "met": rate > THROUGHPUT_MIN,
-        }
+        common.target(
+            "put_nowait+get_nowait throughput",
+            f"> {THROUGHPUT_MIN:,} runs/s",
+            rate,
+            rate > THROUGHPUT_MIN,
+        )
     )
     return targets
 
@@ -273,7 +272,7 @@ def run(quick: bool) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     """The Markdown table of a ``run`` result, with the notes needed to read it."""
     fmt, fmt_ratio = common.fmt_number, common.fmt_ratio
-    met = {t["name"]: "yes" if t["met"] else "**NO**" for t in result["targets"]}
+    met = common.met_marks(result["targets"])
     target_of = {t["name"]: t["target"] for t in result["targets"]}
     rows = []
     for n_keys, row in result["wakeup"].items():
@@ -343,10 +342,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m bench.queue_core [--quick]``: measure and print the Markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m bench.queue_core", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer samples, 2 s idle window")
-    args = parser.parse_args(argv)
-    print(report(run(args.quick)))
+    common.stage_main(NAME, __doc__, "fewer samples, 2 s idle window", run, report, argv)
 
 
 if __name__ == "__main__":

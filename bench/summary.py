@@ -82,7 +82,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "Targets:", ""]
     for stage, entry in results.items():
         for target in entry.get("targets", []):
-            verdict = "met" if target.get("met") else "**NOT met**"
+            verdict = common.verdict(target)
             value = target.get("value")
             shown = fmt(value) if isinstance(value, int | float) else "—"
             lines.append(f"- {stage}: {target['name']} ({target['target']}): {shown}, {verdict}")

@@ -8,8 +8,6 @@ phase, repeated bursts; prints one ``RESULT {...}`` line.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -64,10 +62,8 @@ def fill(count: int, threads: int = 4) -> None:
 
 
 def main() -> None:
-    if sys.argv[1] == "fill":
-        fill(int(sys.argv[2]))
-    else:
-        e2e(json.loads(sys.argv[2]))
+    """``fill N`` or ``e2e '<JSON config>'``."""
+    phases.driver_main(fill, e2e)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from bench import common
 from bench.peers import phases
 from bench.peers.redis_server import stop
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = common.ROOT
 SERVER_BATCH = 50  # runs enqueued per request to the in-server producer view
 COLLECT_TIMEOUT_S = 300
 RECORDS = "taskqueue_app_taskrunrecord"

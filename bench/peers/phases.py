@@ -146,3 +146,11 @@ def emit(result: dict[str, Any]) -> None:
     """Print the driver's result as the one line the benchmark reads."""
     print("RESULT " + json.dumps(result), flush=True)
     sys.stdout.flush()
+
+
+def driver_main(fill: Callable[[int], None], e2e: Callable[[dict], None]) -> None:
+    """A Redis peer driver's command line: ``fill N`` or ``e2e '<JSON config>'``."""
+    if sys.argv[1] == "fill":
+        fill(int(sys.argv[2]))
+    else:
+        e2e(json.loads(sys.argv[2]))

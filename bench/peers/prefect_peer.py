@@ -12,12 +12,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench import common
 from bench.peers import procs, venvs
-from bench.peers.celery_peer import drive
+from bench.peers.common import ROOT, drive_beside_worker, peer_python
 from bench.peers.redis_server import stop
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 REQUIREMENTS = ["prefect==3.9.*"]
 PROBE = "import prefect; assert prefect.__version__.startswith('3.9')"
 START_TIMEOUT_S = 120
@@ -28,8 +26,7 @@ def prefect_python(quick: bool) -> Path:
     """The Prefect venv's interpreter (created on first use); skipped in quick mode."""
     if quick:
         raise venvs.PeerUnavailable(QUICK_REASON)
-    common.progress("Prefect venv (created on first use)")
-    return venvs.ensure("prefect", REQUIREMENTS, PROBE)
+    return peer_python("Prefect", REQUIREMENTS, PROBE)
 
 
 class PrefectServer:
@@ -99,26 +96,13 @@ def measure_prefect(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """Prefect 3.9 background tasks, ``prefect_runs`` per burst."""
     python = prefect_python(config["quick"])
     with PrefectServer(python, tmp) as server:
-        worker = None
-        try:
-            with open(tmp / "prefect-worker.log", "wb") as log:
-                worker = subprocess.Popen(
-                    [python, "-m", "bench.peers.prefect_run", "worker"],
-                    cwd=ROOT,
-                    env=server.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            common.progress(
-                f"end_to_end: Prefect, {config['repeats']} bursts of {config['prefect_runs']}"
-            )
-            driver_config = {**config, "server_pids": server.pids()}
-            return drive(
-                python,
-                "bench.peers.prefect_run",
-                ["drive", json.dumps(driver_config)],
-                server.env,
-                "Prefect",
-            )
-        finally:
-            stop(worker)
+        return drive_beside_worker(
+            [python, "-m", "bench.peers.prefect_run", "worker"],
+            tmp / "prefect-worker.log",
+            server.env,
+            f"end_to_end: Prefect, {config['repeats']} bursts of {config['prefect_runs']}",
+            python,
+            "bench.peers.prefect_run",
+            ["drive", json.dumps({**config, "server_pids": server.pids()})],
+            "Prefect",
+        )

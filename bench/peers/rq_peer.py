@@ -4,15 +4,10 @@ RQ's non-forking ``SimpleWorker`` (one job at a time), driven by ``rq_run`` in t
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench import common
-from bench.peers import venvs
-from bench.peers.celery_peer import ROOT, drive, peer_env
-from bench.peers.redis_server import RedisServer, stop
+from bench.peers.common import peer_python, redis_e2e
 
 RQ_REQUIREMENTS = ["rq>=2,<3"]
 RQ_PROBE = "import rq, redis"
@@ -20,33 +15,18 @@ RQ_PROBE = "import rq, redis"
 
 def rq_python() -> Path:
     """The RQ venv's interpreter, created on first use."""
-    common.progress("RQ venv (created on first use)")
-    return venvs.ensure("rq", RQ_REQUIREMENTS, RQ_PROBE)
+    return peer_python("RQ", RQ_REQUIREMENTS, RQ_PROBE)
+
+
+def _worker(python: Path, redis_url: str) -> list[Any]:
+    """RQ's non-forking ``SimpleWorker`` on the queue ``bench``."""
+    return (
+        [python.parent / "rq", "worker", "--url", redis_url]
+        + ["--worker-class", "rq.worker.SimpleWorker"]
+        + ["--logging_level", "WARNING", "--quiet", "bench"]
+    )
 
 
 def measure_rq(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """RQ with one ``SimpleWorker`` process on the queue ``bench``."""
-    with RedisServer(tmp) as redis:
-        python = rq_python()
-        env = peer_env(redis.url)
-        worker = None
-        try:
-            with open(tmp / "rq-worker.log", "wb") as log:
-                worker = subprocess.Popen(
-                    [python.parent / "rq", "worker", "--url", redis.url]
-                    + ["--worker-class", "rq.worker.SimpleWorker"]
-                    + ["--logging_level", "WARNING", "--quiet", "bench"],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            common.progress(
-                f"end_to_end: RQ, paced phase and {config['repeats']} bursts of {config['runs']:,}"
-            )
-            driver_config = {**config, "server_pids": [redis.pid]}
-            return drive(
-                python, "bench.peers.rq_run", ["e2e", json.dumps(driver_config)], env, "RQ"
-            )
-        finally:
-            stop(worker)
+    return redis_e2e("RQ", rq_python, _worker, config, tmp)

@@ -7,9 +7,7 @@ worker is running) and print ``RESULT {"published": N}``.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import threading
 import time
 
@@ -86,10 +84,8 @@ def fill(count: int) -> None:
 
 
 def main() -> None:
-    if sys.argv[1] == "fill":
-        fill(int(sys.argv[2]))
-    else:
-        e2e(json.loads(sys.argv[2]))
+    """``fill N`` or ``e2e '<JSON config>'``."""
+    phases.driver_main(fill, e2e)
 
 
 if __name__ == "__main__":
