@@ -103,7 +103,7 @@ def run(quick: bool) -> dict[str, Any]:
             result[key] = measured_or_skipped(NAME, label, measure[key], config, tmp)
     result["environment"] = {
         "python": platform.python_version(),
-        "platform": platform.platform(),
+        "platform": f"{platform.system()} {platform.machine()}",
         "cpus": os.cpu_count(),
     }
     result["targets"] = _targets(result)

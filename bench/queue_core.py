@@ -261,7 +261,7 @@ def run(quick: bool) -> dict[str, Any]:
         "config": config,
         "environment": {
             "python": platform.python_version(),
-            "platform": platform.platform(),
+            "platform": f"{platform.system()} {platform.machine()}",
             "event_loop": "asyncio default (selector)",
         },
         **figures,
