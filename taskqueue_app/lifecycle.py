@@ -81,6 +81,11 @@ def reset() -> None:
     TaskQueue.reset()
 
 
+def in_hand(holder: str) -> list[TaskRun]:
+    """Every run a connection has: sent and not yet acked, acked, or started (oldest first)."""
+    return [*TaskQueue.held(holder), *_state.running.get(holder, {}).values()]
+
+
 def server_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop the queues live in, once the server has started serving."""
     return _state.loop

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import lifecycle
 from .scheduler import scheduler
 from .schemas import isoformat
 from .task_queue import TaskQueue
@@ -84,7 +85,7 @@ class WorkerRegistry:
             keys = list(dict.fromkeys(k for c in connections for k in c.task_keys))
             if wanted and not wanted.intersection(keys):
                 continue
-            held = [run for c in connections for run in TaskQueue.held(c.connection_id)]
+            held = [run for c in connections for run in lifecycle.in_hand(c.connection_id)]
             last = max(c.last_activity for c in connections)
             result.append(
                 {

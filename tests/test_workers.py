@@ -13,7 +13,7 @@ from project.asgi import application
 from taskqueue_app import lifecycle
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun
-from taskqueue_app.task_queue import TaskQueue
+from taskqueue_app.task_queue import MultiQueue, TaskQueue
 from taskqueue_app.workers import WorkerRegistry, registry
 from tests.test_consumer import handled
 
@@ -159,3 +159,18 @@ async def test_an_ack_counts_as_activity(started):
     (worker,) = await listed()
     assert parse(worker["timestamp"]) > LONG_AGO
     await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_runs_a_worker_has_started_are_listed_until_their_outcome():
+    workers = WorkerRegistry()
+    workers.connect("c1", "alpha", ["a"])
+    run, _ = await lifecycle.create({"task_key": "a"})
+    await MultiQueue(["a"]).claim("c1")
+    await lifecycle.acknowledge("c1", run.id, "alpha", watch=True)
+    await lifecycle.start("c1", run.id, "alpha")
+    assert TaskQueue.held("c1") == []  # no longer the queue's: the lifecycle watches it
+    assert workers.workers()[0]["held"] == [str(run.id)]
+    await lifecycle.complete("c1", run.id, None, "alpha")
+    assert workers.workers()[0]["held"] == []
+    await writer.flush()
