@@ -55,7 +55,7 @@ bench: install
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 wheel: install
-	$(BIN)/python -m build --wheel --outdir dist .
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist .
 
 clean:
 	rm -rf $(VENV) $(VENV6) dist build *.egg-info .pytest_cache
