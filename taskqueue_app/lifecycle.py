@@ -86,6 +86,15 @@ def in_hand(holder: str) -> list[TaskRun]:
     return [*TaskQueue.held(holder), *_state.running.get(holder, {}).values()]
 
 
+def running_per_key() -> dict[str, int]:
+    """Per key, runs that watching workers have started and not yet finished."""
+    counts: dict[str, int] = {}
+    for runs in _state.running.values():
+        for run in runs.values():
+            counts[run.task_key] = counts.get(run.task_key, 0) + 1
+    return counts
+
+
 def server_loop() -> asyncio.AbstractEventLoop | None:
     """The event loop the queues live in, once the server has started serving."""
     return _state.loop

@@ -105,12 +105,17 @@ registry = WorkerRegistry()
 
 
 def queue_rows() -> list[dict[str, Any]]:
-    """``TaskQueue.snapshot()`` with ``workers`` (connections subscribed to each key) and
-    ``backlog`` (accepted runs waiting for room in a full lane, after a large restore say)."""
+    """``TaskQueue.snapshot()`` with ``workers`` (connections subscribed to each key),
+    ``backlog`` (accepted runs waiting for room in a full lane, after a large restore say), and
+    ``held`` counting the runs workers have started too."""
     counts = registry.counts_per_key()
     backlogs = scheduler.backlog_sizes()
+    running = lifecycle.running_per_key()
     rows = TaskQueue.snapshot()
     for row in rows:
-        row["workers"] = counts.get(row["task_key"], 0)
-        row["backlog"] = backlogs.get(row["task_key"], 0)
+        key = row["task_key"]
+        row["workers"] = counts.get(key, 0)
+        row["backlog"] = backlogs.get(key, 0)
+        # In workers' hands: held by the queue (sent, or acked and watched) or started.
+        row["held"] += running.get(key, 0)
     return rows

@@ -14,7 +14,7 @@ from taskqueue_app import lifecycle
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
-from taskqueue_app.workers import WorkerRegistry, registry
+from taskqueue_app.workers import WorkerRegistry, queue_rows, registry
 from tests.test_consumer import handled
 
 URL = "/api/task_runs/subscriptions/scheduled"
@@ -171,6 +171,8 @@ async def test_runs_a_worker_has_started_are_listed_until_their_outcome():
     await lifecycle.start("c1", run.id, "alpha")
     assert TaskQueue.held("c1") == []  # no longer the queue's: the lifecycle watches it
     assert workers.workers()[0]["held"] == [str(run.id)]
+    assert [row["held"] for row in queue_rows()] == [1]
     await lifecycle.complete("c1", run.id, None, "alpha")
     assert workers.workers()[0]["held"] == []
+    assert [row["held"] for row in queue_rows()] == [0]
     await writer.flush()
