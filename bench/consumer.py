@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -139,26 +138,18 @@ class CeilingServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> CeilingServer:
+        from taskqueue_app.testing import wait_for_port
+
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.ws_ceiling", "--port", str(self.port)], cwd=ROOT
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)  # another process binding its port: nothing to await
-        raise TimeoutError("the ceiling server did not start")
+        wait_for_port(self.port, self.process, "the ceiling server")
+        return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        from taskqueue_app.testing import end_process
+
+        end_process(self.process)
 
 
 def _ours(tmp: str):

@@ -20,6 +20,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    """Return once ``process`` listens on ``port`` of 127.0.0.1; raise if it exits or times out.
+
+    The listener is another process, so there is no event to await: the socket is polled.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{what} did not listen on {port} in {timeout}s")
+
+
+def end_process(
+    process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> int | None:
+    """Send ``sig`` and wait; SIGKILL if it has not exited within ``timeout``. The exit code."""
+    if process is None:
+        return None
+    if process.poll() is not None:
+        return process.returncode
+    process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 class DaphneServer:
     """Runs ``daphne`` with a project's ASGI application in a subprocess, on a free loopback port.
 
@@ -112,17 +145,12 @@ class DaphneServer:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)  # waiting for another process to bind: nothing to await
-        self.kill()
-        raise TimeoutError(f"daphne did not listen on {self.port} in {timeout}s:\n{self.log()}")
+        try:
+            wait_for_port(self.port, self.process, "daphne", timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            self.kill()
+            raise type(exc)(f"{exc}:\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         """What the server printed so far."""
@@ -141,14 +169,7 @@ class DaphneServer:
 
     def _end(self, sig: signal.Signals, timeout: float) -> int | None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        process.send_signal(sig)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+        return end_process(process, sig, timeout)
 
     def restart(self) -> DaphneServer:
         """Kill with SIGKILL and start again on the same port and database."""

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from taskqueue_app.testing import DaphneServer
+from taskqueue_app.testing import DaphneServer, end_process
 
 ROOT = Path(__file__).resolve().parent.parent
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -91,13 +91,7 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Make sure the process is gone (SIGKILL if it does not exit on SIGTERM)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
         self._reader.join(5)
 
 

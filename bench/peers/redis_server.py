@@ -5,39 +5,18 @@ skipped with the command that installs it."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 from bench.peers import venvs
+from taskqueue_app.testing import end_process, wait_for_port
 
 INSTALL_HINT = "redis-server is not installed (`sudo apt-get install redis-server`)"
 
 
-def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    """Wait until ``process`` listens on ``port`` (it is another process: poll the socket)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{what} did not listen on {port} in {timeout}s")
-
-
 def stop(process: subprocess.Popen | None) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
-    if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """SIGTERM, then SIGKILL if it does not exit in 15 s."""
+    end_process(process, timeout=15)
 
 
 class RedisServer:
@@ -70,7 +49,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, self.process, "redis-server")
+        wait_for_port(self.port, self.process, "redis-server", 60)
         return self
 
     def __exit__(self, *exc: object) -> None:
