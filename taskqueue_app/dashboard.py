@@ -2,7 +2,7 @@
 
 The queues and the worker registry live in the ASGI server's event loop and are not
 thread-safe, while admin views are sync views that Daphne runs in a worker thread. So
-``read_state()`` hops into that loop (``lifecycle.server_loop()``) to take its copy, and only
+``read_state()`` hops into that loop (``lifecycle.serving_loop()``) to take its copy, and only
 plain lists and dicts cross back. Sorting, filtering, pagination and totals then work on that copy.
 """
 

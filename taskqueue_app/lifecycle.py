@@ -95,11 +95,6 @@ def running_per_key() -> dict[str, int]:
     return counts
 
 
-def server_loop() -> asyncio.AbstractEventLoop | None:
-    """The event loop the queues live in, once the server has started serving."""
-    return _state.loop
-
-
 def serving_loop() -> asyncio.AbstractEventLoop | None:
     """The server's loop while it is running in this process, else None (another process)."""
     loop = _state.loop

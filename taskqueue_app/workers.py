@@ -60,10 +60,6 @@ class WorkerRegistry:
     def connections(self) -> list[WorkerConnection]:
         return list(self._connections.values())
 
-    def count_for_key(self, task_key: str) -> int:
-        """How many connections are subscribed to ``task_key``."""
-        return sum(task_key in c.task_keys for c in self._connections.values())
-
     def counts_per_key(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for connection in self._connections.values():
