@@ -152,7 +152,7 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
             if created:
                 scheduler.schedule(stored)
 
-    write = asyncio.ensure_future(writer.create(run))
+    write = writer.submit(run)  # a future, not a task: nothing extra per create
     write.add_done_callback(settle)
     return await asyncio.shield(write)
 

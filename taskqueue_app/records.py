@@ -45,12 +45,19 @@ class RecordWriter:
         self._creates, self._updates, self._idle, self._task = [], {}, [], None
         self._attempts = {}
 
-    async def create(self, run: TaskRun) -> tuple[TaskRun, bool]:
-        """Insert ``run``; or return the run with its (task_key, dynamic_key) or id, and False."""
+    def submit(self, run: TaskRun) -> asyncio.Future[tuple[TaskRun, bool]]:
+        """Queue the insert of ``run``; the future resolves as ``create`` returns, once committed.
+
+        The write goes ahead even if nobody awaits the future any more.
+        """
         future = asyncio.get_running_loop().create_future()
         self._creates.append((run, future))
         self._kick()
-        return await future
+        return future
+
+    async def create(self, run: TaskRun) -> tuple[TaskRun, bool]:
+        """Insert ``run``; or return the run with its (task_key, dynamic_key) or id, and False."""
+        return await self.submit(run)
 
     def update(self, run: TaskRun, *fields: str) -> None:
         """Write ``fields`` of ``run`` (and its state) soon, without waiting; later writes win."""
