@@ -250,25 +250,30 @@ class TaskQueueBackend(BaseTaskBackend):
 
     def result_of(self, run: TaskRun, task: Task | None = None) -> TaskResult:
         """A ``TaskResult`` of ``run``: status mapped from its state, value, error, attempts."""
-        parameters = run.parameters or {}
-        result = TaskResult(
-            task=task if task is not None else self.task_of(run),
-            id=str(run.id),
-            status=STATUS_OF_STATE.get(run.state_type, TaskResultStatus.READY),
-            enqueued_at=run.created,
-            started_at=run.started,
-            finished_at=run.finished,
-            last_attempted_at=run.started,
-            args=parameters.get("args") or [],
-            kwargs=parameters.get("kwargs") or {},
-            backend=self.alias,
-            errors=_errors_of(run),
-            # One entry per attempt; the record keeps the last worker only.
-            worker_ids=[run.worker or "unknown"] * run.run_count,
-        )
-        if run.state_type == StateType.COMPLETED:
-            object.__setattr__(result, "_return_value", run.result)
-        return result
+        return task_result(run, task if task is not None else self.task_of(run), self.alias)
+
+
+def task_result(run: TaskRun, task: Task, backend_alias: str) -> TaskResult:
+    """The framework's ``TaskResult`` of ``run`` as a task of the backend ``backend_alias``."""
+    parameters = run.parameters or {}
+    result = TaskResult(
+        task=task,
+        id=str(run.id),
+        status=STATUS_OF_STATE.get(run.state_type, TaskResultStatus.READY),
+        enqueued_at=run.created,
+        started_at=run.started,
+        finished_at=run.finished,
+        last_attempted_at=run.started,
+        args=parameters.get("args") or [],
+        kwargs=parameters.get("kwargs") or {},
+        backend=backend_alias,
+        errors=_errors_of(run),
+        # One entry per attempt; the record keeps the last worker only.
+        worker_ids=[run.worker or "unknown"] * run.run_count,
+    )
+    if run.state_type == StateType.COMPLETED:
+        object.__setattr__(result, "_return_value", run.result)
+    return result
 
 
 def _errors_of(run: TaskRun) -> list[TaskError]:

@@ -10,9 +10,9 @@ from typing import Any
 from django.db import close_old_connections
 from django.utils import timezone
 
-from .backend import TaskQueueBackend
+from .backend import task_result
 from .models import StateType
-from .schemas import TaskRun
+from .schemas import TaskRun, parse_datetime
 from .tasks_compat import (
     Task,
     TaskContext,
@@ -37,7 +37,6 @@ class DjangoTaskWorker(TaskWorker):
 
     def _task_result(self, key: str, run: dict[str, Any], args: list, kwargs: dict) -> TaskResult:
         task: Task = self.tasks[key]
-        backend = task.get_backend()
         attempts = int(run.get("run_count") or 0) + 1  # this attempt is being started now
         now = timezone.now()
         value = TaskRun(
@@ -51,23 +50,10 @@ class DjangoTaskWorker(TaskWorker):
             run_count=attempts,
             started=now,
             worker=self.client_id,
+            # When it was enqueued, as the server sent it (``TaskResult.enqueued_at``).
+            created=parse_datetime(run["created"], "created") if run.get("created") else now,
         )
-        if isinstance(backend, TaskQueueBackend):
-            return backend.result_of(value, task)
-        return TaskResult(
-            task=task,
-            id=str(value.id),
-            status=TaskResultStatus.RUNNING,
-            enqueued_at=None,
-            started_at=now,
-            finished_at=None,
-            last_attempted_at=now,
-            args=args,
-            kwargs=kwargs,
-            backend=task.backend,
-            errors=[],
-            worker_ids=[self.client_id] * attempts,
-        )
+        return task_result(value, task, task.backend)
 
     def _arguments(self, key: str, result: TaskResult | None, args: list) -> list:
         task = self.tasks[key]
