@@ -153,9 +153,9 @@ class CeilingServer:
 
 
 def _ours(tmp: str):
-    from taskqueue_app.testing import DaphneServer
+    from project.servers import ProjectServer
 
-    return DaphneServer(
+    return ProjectServer(
         "bench.consumer_asgi:application",
         settings="bench.settings",
         database=Path(tmp) / "bench.sqlite3",

@@ -80,7 +80,7 @@ PLUMBING = (
     "twisted/python/log.py",
     "twisted/python/context.py",
     "concurrent/futures/thread.py",
-    "taskqueue_app/worker_cli.py",
+    "taskqueue_app/worker/cli.py",
     "contextlib.py",
 )
 

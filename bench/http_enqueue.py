@@ -1,7 +1,7 @@
 """Benchmark of ``POST /api/task_runs/`` against one Daphne process, beside the server's ceiling.
 
 The server is the example project under ``bench.settings`` (DEBUG off, durable records on a
-SQLite file in WAL mode), started with ``taskqueue_app.testing.DaphneServer``. The ceiling is
+SQLite file in WAL mode), started with ``taskqueue_app.testing.ProjectServer``. The ceiling is
 ``bench/ceiling/``, a trivial async view in the same process that answers 201 without touching
 a queue or the database: the cost of Daphne + Django's middleware alone.
 
@@ -137,12 +137,12 @@ def _config(quick: bool) -> dict[str, float]:
 
 
 def _server(tmp: str, profile: str | None = None):
-    from taskqueue_app.testing import DaphneServer
+    from project.servers import ProjectServer
 
     env = {"DJANGO_DEBUG": "0"}
     if profile:
         env["TASKQUEUE_BENCH_PROFILE"] = profile
-    return DaphneServer(
+    return ProjectServer(
         "bench.ceiling_asgi:application",
         settings="bench.settings",
         database=Path(tmp) / "bench.sqlite3",

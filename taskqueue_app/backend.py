@@ -11,11 +11,8 @@ Where a run is created depends on where ``enqueue`` is called:
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import uuid
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,38 +20,22 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from . import lifecycle, records
+from . import lifecycle, records, server
 from .conf import taskqueue_settings
-from .enqueue_http import EnqueueError, post_run
-from .models import StateType
+from .results import STATUS_OF_STATE, task_result
 from .schemas import TaskRun, isoformat, parse_uuid
 from .tasks_compat import (
     BaseTaskBackend,
     InvalidTaskError,
     Task,
-    TaskError,
     TaskResult,
     TaskResultDoesNotExist,
-    TaskResultStatus,
     normalize_json,
     task_enqueued,
 )
+from .worker.http import EnqueueError, post_run
 
-__all__ = ["EnqueueError", "QueueTask", "TaskQueueBackend"]
-
-# How long a thread of the server process waits for the server's loop to create a run.
-LOOP_TIMEOUT_S = 30.0
-
-STATUS_OF_STATE = {
-    StateType.SCHEDULED: TaskResultStatus.READY,
-    StateType.PENDING: TaskResultStatus.READY,
-    StateType.RUNNING: TaskResultStatus.RUNNING,
-    StateType.COMPLETED: TaskResultStatus.SUCCESSFUL,
-    StateType.FAILED: TaskResultStatus.FAILED,
-    StateType.CRASHED: TaskResultStatus.FAILED,
-    StateType.CANCELLED: TaskResultStatus.FAILED,
-}
-
+__all__ = ["STATUS_OF_STATE", "EnqueueError", "QueueTask", "TaskQueueBackend", "task_result"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueTask(Task):
@@ -78,15 +59,6 @@ def _check_policy(retries: Any, delay: Any, where: str) -> None:
         raise InvalidTaskError(
             f"{where} retry_delay_seconds must be a non-negative number, not {delay!r}"
         )
-
-
-def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> Future:
-    """Run ``coro`` in the server's loop from another thread, in a fresh context.
-
-    A fresh context, because a sync view's context carries its request's thread-sensitive
-    executor: ORM calls of ``coro`` would queue behind the very thread that waits for it.
-    """
-    return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
 
 
 class TaskQueueBackend(BaseTaskBackend):
@@ -150,28 +122,23 @@ class TaskQueueBackend(BaseTaskBackend):
         return body
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        """Create a run of ``task``; raises ``lifecycle.QueueFullError`` when its queue is full."""
+        """Create a run of ``task``; raises ``QueueFull`` when its queue is full."""
         self.validate_task(task)
         body = self.create_request(task, args, kwargs)
-        loop = lifecycle.serving_loop()
-        if lifecycle.in_serving_loop():
-            raise RuntimeError(
-                "enqueue() was called from the server's event loop, where it would block it: "
-                "use 'await task.aenqueue(...)' in async code"
-            )
-        if loop is not None:
+        if server.serving_loop() is None:
+            run = self._post(body)
+        else:
+            _refuse_in_loop("enqueue", "await task.aenqueue(...)")
             try:
-                run, _ = _submit(lifecycle.create(body), loop).result(LOOP_TIMEOUT_S)
-            except TimeoutError:
+                run, _ = server.call(lifecycle.create, body)
+            except server.LoopTimeout:
                 # The create may still land: name the run so that the caller can look it up
                 # instead of enqueueing a second one.
                 raise EnqueueError(
-                    f"the server did not confirm run {body['id']} within {LOOP_TIMEOUT_S} s; "
-                    f"it may still be created: check get_result({body['id']!r}) before "
-                    "enqueueing again"
+                    f"the server did not confirm run {body['id']} within "
+                    f"{server.LOOP_TIMEOUT_S} s; it may still be created: check "
+                    f"get_result({body['id']!r}) before enqueueing again"
                 ) from None
-        else:
-            run = self._post(body)
         result = self.result_of(run, task)
         task_enqueued.send(sender=type(self), task_result=result)
         return result
@@ -180,13 +147,10 @@ class TaskQueueBackend(BaseTaskBackend):
         """``enqueue`` for async code; in the server's loop it creates the run directly."""
         self.validate_task(task)
         body = self.create_request(task, args, kwargs)
-        loop = lifecycle.serving_loop()
-        if lifecycle.in_serving_loop():
-            run, _ = await lifecycle.create(body)
-        elif loop is not None:
-            run, _ = await asyncio.wrap_future(_submit(lifecycle.create(body), loop))
-        else:
+        if server.serving_loop() is None:
             run = await sync_to_async(self._post, thread_sensitive=False)(body)
+        else:
+            run, _ = await server.acall(lifecycle.create, body)
         result = self.result_of(run, task)
         await task_enqueued.asend(sender=type(self), task_result=result)
         return result
@@ -200,35 +164,27 @@ class TaskQueueBackend(BaseTaskBackend):
                 "server's API base, e.g. http://127.0.0.1:8000/api"
             )
         data = post_run(url, body, taskqueue_settings.AUTH_TOKEN, self.timeout)
-        return _run_from_api(data)
+        return TaskRun.from_dict(data)
 
     # -- results ------------------------------------------------------------------------------
 
     def get_result(self, result_id: str) -> TaskResult:
         """The run's current state as a ``TaskResult``; ``TaskResultDoesNotExist`` if unknown."""
         run_id = _parse_result_id(result_id)
-        loop = lifecycle.serving_loop()
-        if lifecycle.in_serving_loop():
-            raise RuntimeError(
-                "get_result() was called from the server's event loop: use "
-                "'await backend.aget_result(...)' in async code"
-            )
-        if loop is not None:
-            run = _submit(lifecycle.get(run_id), loop).result(LOOP_TIMEOUT_S)
-        else:
+        if server.serving_loop() is None:
             run = records.read(run_id)
+        else:
+            _refuse_in_loop("get_result", "await backend.aget_result(...)")
+            run = server.call(lifecycle.get, run_id)
         return self._existing(result_id, run)
 
     async def aget_result(self, result_id: str) -> TaskResult:
         """``get_result`` for async code."""
         run_id = _parse_result_id(result_id)
-        loop = lifecycle.serving_loop()
-        if lifecycle.in_serving_loop():
-            run = await lifecycle.get(run_id)
-        elif loop is not None:
-            run = await asyncio.wrap_future(_submit(lifecycle.get(run_id), loop))
-        else:
+        if server.serving_loop() is None:
             run = await records.aread(run_id)
+        else:
+            run = await server.acall(lifecycle.get, run_id)
         return self._existing(result_id, run)
 
     def _existing(self, result_id: str, run: TaskRun | None) -> TaskResult:
@@ -253,36 +209,12 @@ class TaskQueueBackend(BaseTaskBackend):
         return task_result(run, task if task is not None else self.task_of(run), self.alias)
 
 
-def task_result(run: TaskRun, task: Task, backend_alias: str) -> TaskResult:
-    """The framework's ``TaskResult`` of ``run`` as a task of the backend ``backend_alias``."""
-    parameters = run.parameters or {}
-    result = TaskResult(
-        task=task,
-        id=str(run.id),
-        status=STATUS_OF_STATE.get(run.state_type, TaskResultStatus.READY),
-        enqueued_at=run.created,
-        started_at=run.started,
-        finished_at=run.finished,
-        last_attempted_at=run.started,
-        args=parameters.get("args") or [],
-        kwargs=parameters.get("kwargs") or {},
-        backend=backend_alias,
-        errors=_errors_of(run),
-        # One entry per attempt; the record keeps the last worker only.
-        worker_ids=[run.worker or "unknown"] * run.run_count,
-    )
-    if run.state_type == StateType.COMPLETED:
-        object.__setattr__(result, "_return_value", run.result)
-    return result
-
-
-def _errors_of(run: TaskRun) -> list[TaskError]:
-    """The run's error as the framework's ``TaskError`` (the record keeps the last one)."""
-    error = run.error
-    if not isinstance(error, dict):
-        return []
-    traceback = error.get("traceback") or f"{error.get('type')}: {error.get('message')}"
-    return [TaskError(exception_class_path=str(error.get("type") or ""), traceback=traceback)]
+def _refuse_in_loop(name: str, instead: str) -> None:
+    if server.in_serving_loop():
+        raise RuntimeError(
+            f"{name}() was called from the server's event loop, where it would block it: "
+            f"use '{instead}' in async code"
+        )
 
 
 def _parse_result_id(result_id: str) -> uuid.UUID:
@@ -290,33 +222,3 @@ def _parse_result_id(result_id: str) -> uuid.UUID:
         return parse_uuid(str(result_id), "result_id")
     except ValueError:
         raise TaskResultDoesNotExist(f"no task run with id {result_id!r}") from None
-
-
-def _run_from_api(data: dict[str, Any]) -> TaskRun:
-    """The ``TaskRun`` of a run's JSON form as the HTTP API returns it."""
-    from .schemas import parse_datetime
-
-    def when(name: str) -> Any:
-        value = data.get(name)
-        return parse_datetime(value, name) if value else None
-
-    policy = data.get("empirical_policy") or {}
-    return TaskRun(
-        id=uuid.UUID(data["id"]),
-        task_key=data["task_key"],
-        dynamic_key=data["dynamic_key"],
-        name=data["name"],
-        parameters=data.get("parameters") or {},
-        state_type=data["state_type"],
-        state_name=data["state_name"],
-        run_count=data.get("run_count") or 0,
-        retries=policy.get("retries") or 0,
-        retry_delay_seconds=policy.get("retry_delay_seconds") or 0,
-        created=when("created"),
-        expected_start_time=when("expected_start_time"),
-        started=when("start_time"),
-        finished=when("end_time"),
-        result=data.get("result"),
-        error=data.get("error"),
-        worker=data.get("worker") or "",
-    )

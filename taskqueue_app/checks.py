@@ -73,6 +73,8 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
                 8,
             )
         )
+    if "QUEUES" in user:
+        errors.extend(_check_queues(user["QUEUES"]))
     if not settings.DEBUG and not (isinstance(token, str) and token):
         errors.append(
             Warning(
@@ -117,3 +119,36 @@ def _check_keys(keys: Any) -> list:
             )
         )
     return errors
+
+
+QUEUES_FIELDS = ("BACKEND", "LOCATION", "OPTIONS")
+
+
+def _check_queues(config: Any) -> list:
+    """E009 for the shape of ``QUEUES``, E010 for a ``BACKEND`` that is not an engine."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .queues import DEFAULT_BACKEND, load_engine
+
+    hint = (
+        f"Use {{'BACKEND': '{DEFAULT_BACKEND}'}} (one process) or "
+        "{'BACKEND': 'taskqueue_app.queues.redis.RedisQueues', 'LOCATION': 'redis://...'}."
+    )
+    if not isinstance(config, dict) or not isinstance(config.get("BACKEND"), str):
+        return [_error("TASKQUEUE['QUEUES'] must be a dict with a 'BACKEND' dotted path.", hint, 9)]
+    unknown = sorted(map(str, set(config) - set(QUEUES_FIELDS)))
+    if unknown:
+        return [
+            _error(
+                f"TASKQUEUE['QUEUES'] has unknown keys: {', '.join(map(repr, unknown))}.",
+                f"Valid keys are {', '.join(QUEUES_FIELDS)}.",
+                9,
+            )
+        ]
+    if not isinstance(config.get("OPTIONS", {}), dict):
+        return [_error("TASKQUEUE['QUEUES']['OPTIONS'] must be a dict.", hint, 9)]
+    try:
+        load_engine(config)
+    except ImproperlyConfigured as exc:
+        return [_error(f"{exc}.", hint, 10)]
+    return []

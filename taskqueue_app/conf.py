@@ -14,6 +14,7 @@ DEFAULTS: dict[str, Any] = {
     "AUTH_TOKEN": None,
     "MAX_MESSAGE_BYTES": 1_048_576,
     "SERVER_URL": None,
+    "QUEUES": {"BACKEND": "taskqueue_app.queues.memory.MemoryQueues"},
 }
 
 

@@ -13,11 +13,10 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import auth, daphne_close, lifecycle, protocol
+from . import auth, daphne_close, lifecycle, protocol, server
 from .conf import taskqueue_settings
 from .protocol import ProtocolError, Subscription
-from .task_queue import MultiQueue, TaskQueue
-from .workers import registry
+from .queues import Queues, get_queues
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +81,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.delivery: asyncio.Task | None = None
         self.restarting = False
         self.handshake_timer: asyncio.TimerHandle | None = None
+        self.queues: Queues = get_queues()
 
     # -- Channels plumbing --------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             self.phase = Phase.SUBSCRIBE
             await self.accept()
         _live.add(self)
-        lifecycle.on_shutdown(close_all_subscriptions)
+        server.on_shutdown(close_all_subscriptions)
         # A client that never authenticates or subscribes must not hold a socket forever.
         self.handshake_timer = asyncio.get_running_loop().call_later(
             protocol.HANDSHAKE_SECONDS, self._handshake_expired
@@ -159,19 +159,19 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                 self.phase = Phase.SUBSCRIBE
                 await self.send(text_data=protocol.AUTH_SUCCESS)
             else:
-                self._subscribe(protocol.parse_subscribe(message))
+                await self._subscribe(protocol.parse_subscribe(message))
         except ProtocolError as error:
             await self._close(error.code, error.reason)
 
-    def _subscribe(self, subscription: Subscription) -> None:
+    async def _subscribe(self, subscription: Subscription) -> None:
         """Step 3: register the worker and start delivering, ``prefetch`` runs at a time."""
         self.subscription = subscription
         self.phase = Phase.SUBSCRIBED
         self._cancel_handshake_timer()
-        registry.connect(self.conn_id, subscription.client_id, subscription.keys)
+        await self.queues.connect(self.conn_id, subscription.client_id, subscription.keys)
         self._add_credits(subscription.prefetch)
         self.delivery = asyncio.get_running_loop().create_task(
-            self._deliver(MultiQueue(subscription.keys)),
+            self._deliver(list(subscription.keys)),
             name=f"taskqueue-delivery-{self.conn_id}",
         )
 
@@ -186,7 +186,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             return
         else:
             raise protocol.unknown_type(message)
-        registry.touch(self.conn_id)
+        await self.queues.touch(self.conn_id)
 
     async def _ack(self, run_id: uuid.UUID | None) -> None:
         """Step 4: the named run, or the oldest unacked one, becomes PENDING; one more credit."""
@@ -230,24 +230,22 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.credits += count
         self.credit_available.set()
 
-    async def _deliver(self, queue: MultiQueue) -> None:
+    async def _deliver(self, keys: list[str]) -> None:
         """Claim and send runs while the worker has credit; sleep on an event otherwise."""
+        queues = self.queues
         try:
             while True:
                 while self.credits <= 0:
                     self.credit_available.clear()
                     await self.credit_available.wait()
-                # The claim records the run as held by this connection before it returns: if the
-                # socket dies before the send, closing the connection gives it back, first in line.
-                run = await queue.claim(self.conn_id)
-                if lifecycle.take_settled(run.id):
-                    # An outcome reported after a reconnect finished it while this copy waited.
-                    TaskQueue.ack(self.conn_id, run.id)
-                    continue
+                # The claim records the run as held by this connection as it hands it over: if
+                # the socket dies before the send, closing the connection gives it back, first
+                # in line.
+                run = await queues.claim(self.conn_id, keys)
                 self.unacked[run.id] = None
                 self.credits -= 1
                 await self.send(text_data=run.to_json())
-                registry.touch(self.conn_id)
+                await queues.touch(self.conn_id)
         except Exception:
             # Never leave a connection open that no longer delivers: close it (its runs go back)
             # from another task, since closing cancels this one.
@@ -298,7 +296,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             # inside claim(), and one already claimed is held by conn_id and released below.
             self.delivery.cancel()
             self.delivery = None
-        registry.disconnect(self.conn_id)
+        await self.queues.disconnect(self.conn_id)
         self.unacked.clear()
         if give_back:
             await lifecycle.disconnect(self.conn_id)

@@ -1,14 +1,13 @@
 """The admin dashboard's data: per-key queue numbers and workers, read safely from the server loop.
 
-The queues and the worker registry live in the ASGI server's event loop and are not
-thread-safe, while admin views are sync views that Daphne runs in a worker thread. So
-``read_state()`` hops into that loop (``lifecycle.serving_loop()``) to take its copy, and only
-plain lists and dicts cross back. Sorting, filtering, pagination and totals then work on that copy.
+The queue engine lives in the ASGI server's event loop and is not thread-safe, while admin views
+are sync views that Daphne runs in a worker thread. So ``read_state()`` hops into that loop
+(``server.call``) to take its copy, and only plain lists and dicts cross back. Sorting,
+filtering, pagination and totals then work on that copy.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,9 @@ from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
 
-from . import lifecycle
+from . import server
 from .schemas import isoformat, now
-from .workers import queue_rows, registry
+from .workers import queue_rows, workers
 
 PER_PAGE = 100
 # How long a view waits for the server loop to answer before giving up with a 503.
@@ -50,35 +49,25 @@ def _percent(fill: float) -> int:
     return min(100, round(fill * 100))
 
 
-def _collect() -> dict[str, list[dict[str, Any]]]:
-    """Copy the queue and worker state; must run in the thread of the loop that owns them."""
+async def collect() -> dict[str, list[dict[str, Any]]]:
+    """Copy the queue and worker state, with fill ratios; in the loop that owns the engine."""
     queues = []
-    for row in queue_rows():
+    for row in await queue_rows():
         row["scheduled_fill"] = _fill(row["scheduled_size"], row["scheduled_limit"])
         row["retry_fill"] = _fill(row["retry_size"], row["retry_limit"])
         row["fill"] = max(row["scheduled_fill"], row["retry_fill"])
         queues.append(row)
-    return {"queues": queues, "workers": registry.workers()}
-
-
-async def _acollect() -> dict[str, list[dict[str, Any]]]:
-    return _collect()
+    return {"queues": queues, "workers": await workers()}
 
 
 def read_state(timeout: float = LOOP_TIMEOUT) -> dict[str, list[dict[str, Any]]]:
-    """The queues (``TaskQueue.snapshot()`` rows plus ``workers`` and fill ratios) and workers.
+    """The queues (the engine's snapshot rows plus fill ratios) and the workers.
 
-    Safe from any thread: when the server loop runs in another thread the copy is taken there.
+    From sync code of any thread but the loop's own: the copy is taken in the server's loop.
     """
-    loop = lifecycle.serving_loop()
-    if loop is None or lifecycle.in_serving_loop():
-        # No server loop here (management commands, the sync test client), or we are in it.
-        return _collect()
-    future = asyncio.run_coroutine_threadsafe(_acollect(), loop)
     try:
-        return future.result(timeout)
-    except TimeoutError:
-        future.cancel()
+        return server.call(collect, timeout=timeout)
+    except server.LoopTimeout:
         raise LoopUnavailable(f"the task queue's event loop did not answer in {timeout}s") from None
 
 

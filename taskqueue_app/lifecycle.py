@@ -1,8 +1,11 @@
-"""The one place where a run changes state: create, defer, deliver, ack, start, finish, retry.
+"""The one place where a run changes state: create, defer, deliver, ack, start, finish, crash,
+retry.
 
 Views, the consumer and the Tasks backend call these coroutines, in the server's event loop, and
 never change a state themselves. Each writes the run record (creates durably, state changes
-behind, through ``records.writer``) and moves the run between queues.
+behind, through ``records.writer``) and moves the run through the queue engine
+(``queues.get_queues()``), which holds everything the server processes share: lanes, held runs,
+reservations, connected workers.
 """
 
 from __future__ import annotations
@@ -16,102 +19,64 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from .conf import taskqueue_settings
-from .models import FINISHED_STATES, TERMINAL_STATES, StateType, TaskRunRecord
+from .models import TaskRunRecord
+from .queues import RETRY, SCHEDULED, QueueFull, get_queues
 from .records import aread, writer
-from .scheduler import scheduler
 from .schemas import TaskRun, now, run_from_request
-from .task_queue import TaskQueue
+from .states import FINISHED_STATES, TERMINAL_STATES, StateType
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "QueueFullError",
     "NotFinishedError",
-    "create",
+    "QueueFullError",
     "acknowledge",
-    "start",
     "complete",
-    "fail",
+    "create",
     "disconnect",
-    "retry",
+    "fail",
     "get",
+    "in_hand",
     "restore",
-    "ensure_started",
-    "shutdown",
+    "retry",
+    "start",
 ]
 
-
-class QueueFullError(Exception):
-    """The key's lane has no room: nothing was stored; the caller should try again later."""
-
-    retry_after = 1
+# The engine's error under the name the views and the backend have always caught.
+QueueFullError = QueueFull
 
 
 class NotFinishedError(Exception):
     """A hand retry of a run that is not FAILED, CRASHED or CANCELLED."""
 
 
-class _State:
-    """The lifecycle's process-wide memory, in one object so that tests can reset it."""
+class _Process:
+    """Process-local helpers of the lifecycle (nothing about runs: that lives in the engine)."""
 
     def __init__(self) -> None:
-        # Slots promised to creates whose insert is still in flight, per key.
-        self.reserved: dict[str, int] = {}
-        # Runs a watching worker has started, per connection: crashed if it vanishes.
-        self.running: dict[str, dict[uuid.UUID, TaskRun]] = {}
-        self.started: asyncio.Future | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.shutdown_callbacks: list = []
-        # Hand retries one at a time: two racing requests must not both see the run FAILED.
+        # Hand retries one at a time here; the record's state decides between processes.
         self.retry_lock = asyncio.Lock()
-        # Runs settled by an outcome while a copy of them still waited in a queue (given back
-        # when an earlier connection closed): that copy is dropped at delivery, not run again.
-        self.settled: dict[uuid.UUID, None] = {}
+        # Creates whose caller hung up while the insert was in flight, finishing on their own.
+        self.finishing: set[asyncio.Task] = set()
 
 
-_state = _State()
+_process = _Process()
 
 
 def reset() -> None:
-    """Forget everything in memory (a testing utility; the records stay)."""
-    global _state
-    _state = _State()
-    scheduler.reset()
-    writer.reset()
-    TaskQueue.reset()
+    """Forget the process-local helpers (a testing utility: each test has its own loop)."""
+    global _process
+    _process = _Process()
 
 
-def in_hand(holder: str) -> list[TaskRun]:
+def lane_of(run: TaskRun) -> str:
+    """The lane a waiting run belongs in: retry for AwaitingRetry, else scheduled."""
+    return RETRY if run.is_retry else SCHEDULED
+
+
+async def in_hand(holder: str) -> list[TaskRun]:
     """Every run a connection has: sent and not yet acked, acked, or started (oldest first)."""
-    return [*TaskQueue.held(holder), *_state.running.get(holder, {}).values()]
-
-
-def running_per_key() -> dict[str, int]:
-    """Per key, runs that watching workers have started and not yet finished."""
-    counts: dict[str, int] = {}
-    for runs in _state.running.values():
-        for run in runs.values():
-            counts[run.task_key] = counts.get(run.task_key, 0) + 1
-    return counts
-
-
-def serving_loop() -> asyncio.AbstractEventLoop | None:
-    """The server's loop while it is running in this process, else None (another process)."""
-    loop = _state.loop
-    if loop is None or loop.is_closed() or not loop.is_running():
-        return None
-    return loop
-
-
-def in_serving_loop() -> bool:
-    """True in the server loop's own thread, where blocking on it would deadlock."""
-    loop = serving_loop()
-    if loop is None:
-        return False
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+    return await get_queues().held(holder)
 
 
 # -- create -------------------------------------------------------------------------------------
@@ -132,29 +97,51 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
     (``TooLargeError`` when the run's JSON would exceed ``MAX_MESSAGE_BYTES``).
     """
     run = run_from_request(data, taskqueue_settings.MAX_MESSAGE_BYTES)
-    key = run.task_key
-    immediate = run.expected_start_time is None or run.expected_start_time <= now()
-    if immediate:
-        if TaskQueue.for_key(key).scheduled_room() - _state.reserved.get(key, 0) <= 0:
+    queues = get_queues()
+    # A run due now takes its slot before it is stored, so that a refused create stores nothing.
+    reserved = run.expected_start_time is None or run.expected_start_time <= now()
+    if reserved:
+        try:
+            await queues.reserve(run.task_key)
+        except QueueFull:
             existing = await _find_existing(run)
             if existing is not None:
                 return existing, False
-            raise QueueFullError(f"the scheduled queue of {key!r} is full")
-        _state.reserved[key] = _state.reserved.get(key, 0) + 1
-
-    def settle(write: asyncio.Future) -> None:
-        # Runs when the insert commits, even if the caller was cancelled meanwhile (a producer
-        # that hung up): a stored run must reach its queue, or it would wait for a restart.
-        if immediate:
-            _state.reserved[key] -= 1
-        if not write.cancelled() and write.exception() is None:
-            stored, created = write.result()
-            if created:
-                scheduler.schedule(stored)
-
+            raise
     write = writer.submit(run)  # a future, not a task: nothing extra per create
-    write.add_done_callback(settle)
-    return await asyncio.shield(write)
+    try:
+        stored, created = await asyncio.shield(write)
+    except asyncio.CancelledError:
+        # The producer hung up; the insert goes on, and a stored run must reach its queue, or
+        # it would wait for a restart.
+        task = asyncio.ensure_future(_admit_when_written(write, run.task_key, reserved))
+        _process.finishing.add(task)
+        task.add_done_callback(_process.finishing.discard)
+        raise
+    except BaseException:
+        if reserved:
+            await queues.unreserve(run.task_key)
+        raise
+    await _admit_created(stored, created, run.task_key, reserved)
+    return stored, created
+
+
+async def _admit_created(stored: TaskRun, created: bool, key: str, reserved: bool) -> None:
+    queues = get_queues()
+    if created:
+        await queues.admit(stored, SCHEDULED, reserved=reserved)
+    elif reserved:
+        await queues.unreserve(key)  # the run existed: it is queued already, or was
+
+
+async def _admit_when_written(write: asyncio.Future, key: str, reserved: bool) -> None:
+    try:
+        stored, created = await write
+    except Exception:
+        if reserved:
+            await get_queues().unreserve(key)
+        return
+    await _admit_created(stored, created, key, reserved)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -168,18 +155,15 @@ async def acknowledge(
     Without ``watch`` the ack hands the run over (Prefect's rule). With ``watch`` the run stays
     held by ``holder`` until the worker reports ``started``, so a vanished worker gives it back.
     """
-    run = TaskQueue.held_run(holder, run_id)
-    if run is None:
-        return None
-    if take_settled(run_id):
-        # Finished on another connection after this copy was sent: keep the record as it is.
-        TaskQueue.ack(holder, run_id)
-        return None
-    pending = run.with_state(StateType.PENDING, "Pending", worker=client_id)
+    queues = get_queues()
+    found = await queues.find_held(run_id)
+    if found is None or found.holder != holder:
+        return None  # settled elsewhere after this copy was sent: keep the record as it is
+    pending = found.run.with_state(StateType.PENDING, "Pending", worker=client_id)
     if watch:
-        TaskQueue.hold(holder, pending)  # replaces the SCHEDULED copy, in place
+        await queues.hold(holder, pending)  # replaces the SCHEDULED copy, in place
     else:
-        TaskQueue.ack(holder, run_id)
+        await queues.ack(holder, run_id)
     writer.update(pending, "worker")
     return pending
 
@@ -190,19 +174,28 @@ async def _locate(holder: str, run_id: uuid.UUID) -> TaskRun | None:
     None when another live connection has acked or started it: an outcome from an earlier
     connection must not overrule the worker that has the run now (no run in two live hands).
     """
-    running = _state.running.get(holder, {})
-    if run_id in running:
-        return running[run_id]
-    held = TaskQueue.held_run(holder, run_id)
-    if held is not None:
-        return held
-    if any(run_id in runs for runs in _state.running.values()):
-        return None
-    other = TaskQueue.holder_of(run_id)
-    if other is not None and TaskQueue.held_run(other, run_id).state_type != StateType.SCHEDULED:
-        return None  # acked by another worker; an unacked copy in flight is dropped at its ack
+    found = await get_queues().find_held(run_id)
+    if found is not None:
+        if found.holder == holder:
+            return found.run
+        if found.run.state_type != StateType.SCHEDULED:
+            return None
     await writer.flush()  # the record must show the state changes still being written
     return await aread(run_id)
+
+
+async def _drop_waiting_copy(holder: str, run: TaskRun) -> None:
+    """An outcome for a run recorded SCHEDULED that ``holder`` does not hold: it was given back
+    when an earlier connection closed, and a copy waits in a queue or in another connection's
+    unacked hands. That copy must not be run again: take it out."""
+    if run.state_type != StateType.SCHEDULED:
+        return
+    queues = get_queues()
+    if await queues.cancel(run.id) is not None:
+        return
+    found = await queues.find_held(run.id)
+    if found is not None and found.holder != holder:
+        await queues.ack(found.holder, run.id)  # its ack will then find nothing to change
 
 
 async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> TaskRun | None:
@@ -218,18 +211,18 @@ async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> T
         run.state_type == StateType.CRASHED and client_id and run.worker == client_id
     ):
         return None
-    _note_queued_copy(holder, run)
-    _forget(holder, run_id)
+    await _drop_waiting_copy(holder, run)
+    await get_queues().ack(holder, run_id)
     return run
 
 
 async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | None:
-    """The worker started the run: RUNNING, one more attempt counted."""
+    """The worker started the run: RUNNING, one more attempt counted; it stays held by the
+    connection, which crashes it if it vanishes before an outcome."""
     run = await _locate(holder, run_id)
     if run is None or run.state_type in TERMINAL_STATES:
         return None
-    _note_queued_copy(holder, run)
-    TaskQueue.ack(holder, run_id)
+    await _drop_waiting_copy(holder, run)
     running = run.with_state(
         StateType.RUNNING,
         "Running",
@@ -237,40 +230,9 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
         started=now(),
         worker=client_id,
     )
-    _state.running.setdefault(holder, {})[run_id] = running
+    await get_queues().hold(holder, running)
     writer.update(running, "run_count", "started", "worker")
     return running
-
-
-SETTLED_MEMORY = 10_000  # bounds the memory of settled runs whose queued copy is never delivered
-
-
-def _note_queued_copy(holder: str, run: TaskRun) -> None:
-    """An outcome for a run recorded SCHEDULED that ``holder`` does not hold: it was given back
-    when an earlier connection closed and a copy waits in a queue; delivery must drop it."""
-    if run.state_type == StateType.SCHEDULED and TaskQueue.held_run(holder, run.id) is None:
-        settled = _state.settled
-        settled[run.id] = None
-        if len(settled) > SETTLED_MEMORY:
-            del settled[next(iter(settled))]
-
-
-def take_settled(run_id: uuid.UUID) -> bool:
-    """True, once, when a queued copy of ``run_id`` must not be delivered (see ``start``)."""
-    settled = _state.settled
-    if settled and run_id in settled:
-        del settled[run_id]
-        return True
-    return False
-
-
-def _forget(holder: str, run_id: uuid.UUID) -> None:
-    TaskQueue.ack(holder, run_id)
-    running = _state.running.get(holder)
-    if running is not None:
-        running.pop(run_id, None)
-        if not running:
-            del _state.running[holder]
 
 
 async def complete(
@@ -285,7 +247,7 @@ async def complete(
     return done
 
 
-def _retry_or_finish(run: TaskRun, state_type: str, state_name: str, error: Any) -> TaskRun:
+async def _retry_or_finish(run: TaskRun, state_type: str, state_name: str, error: Any) -> TaskRun:
     """After a failed attempt: AwaitingRetry after the delay if retries are left, else final."""
     attempts = max(run.run_count, 1)
     if attempts <= run.retries:
@@ -294,7 +256,7 @@ def _retry_or_finish(run: TaskRun, state_type: str, state_name: str, error: Any)
             StateType.SCHEDULED, "AwaitingRetry", error=error, expected_start_time=due
         )
         writer.update(later, "error", "expected_start_time", "run_count", "started", "worker")
-        scheduler.schedule(later)
+        await get_queues().admit(later, RETRY)
         return later
     final = run.with_state(state_type, state_name, error=error, finished=now())
     writer.update(final, "error", "finished", "run_count", "started", "worker")
@@ -308,26 +270,33 @@ async def fail(
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
-    return _retry_or_finish(run, StateType.FAILED, "Failed", error)
+    return await _retry_or_finish(run, StateType.FAILED, "Failed", error)
+
+
+CRASH_ERROR = {
+    "type": "Crashed",
+    "message": "the worker's connection closed while the run was running",
+    "traceback": None,
+}
 
 
 async def disconnect(holder: str) -> None:
     """A connection closed: unacked (and acked, unstarted) runs go back first in line; runs it
     had started crash, and are retried if retries are left."""
-    for run in TaskQueue.held(holder):
-        if run.state_type != StateType.SCHEDULED:
+    queues = get_queues()
+    crashed = []
+    for run in await queues.held(holder):
+        if run.state_type == StateType.RUNNING:
+            await queues.ack(holder, run.id)
+            crashed.append(run)
+        elif run.state_type != StateType.SCHEDULED:
             # Acked but never started: SCHEDULED again, in its place in the holder's claim order.
             back = run.with_state(StateType.SCHEDULED, "Scheduled")
-            TaskQueue.hold(holder, back)
+            await queues.hold(holder, back)
             writer.update(back)
-    TaskQueue.release(holder)
-    error = {
-        "type": "Crashed",
-        "message": "the worker's connection closed while the run was running",
-        "traceback": None,
-    }
-    for run in _state.running.pop(holder, {}).values():
-        _retry_or_finish(run, StateType.CRASHED, "Crashed", error)
+    await queues.release(holder)
+    for run in crashed:
+        await _retry_or_finish(run, StateType.CRASHED, "Crashed", CRASH_ERROR)
 
 
 # -- by hand ------------------------------------------------------------------------------------
@@ -345,75 +314,42 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
     Raises ``NotFinishedError`` unless it is FAILED, CRASHED or CANCELLED, and
     ``QueueFullError`` when the retry lane is full.
     """
-    async with _state.retry_lock:
+    queues = get_queues()
+    async with _process.retry_lock:
         run = await get(run_id)
         if run is None:
             return None
         if run.state_type not in FINISHED_STATES:
             raise NotFinishedError(f"run {run_id} is {run.state_type}, not finished")
-        if TaskQueue.for_key(run.task_key).retry_full():
-            raise QueueFullError(f"the retry queue of {run.task_key!r} is full")
+        await queues.reserve(run.task_key, RETRY)
         again = run.with_state(
             StateType.SCHEDULED, "AwaitingRetry", finished=None, expected_start_time=now()
         )
-        writer.update(again, "finished", "expected_start_time")
-        await writer.flush()
-    scheduler.enqueue(again)
+        try:
+            writer.update(again, "finished", "expected_start_time")
+            await writer.flush()
+        except BaseException:
+            await queues.unreserve(run.task_key, RETRY)
+            raise
+    await queues.admit(again, RETRY, reserved=True)
     return again
 
 
-# -- the server process ---------------------------------------------------------------------------
+# -- start-up -----------------------------------------------------------------------------------
 
 
 async def restore() -> int:
-    """Put runs recorded SCHEDULED back into their queues, oldest first; once per process."""
-    if TaskQueue._scheduled_tasks_already_restored:
-        return 0
+    """Put runs recorded SCHEDULED back into their queues, oldest first; once per site."""
     records = await sync_to_async(list)(
         TaskRunRecord.objects.filter(state_type=StateType.SCHEDULED).order_by("created")
     )
-    # Only now: a failed read ("database is locked" at start-up) must be tried again. Nothing
-    # awaits between here and the last schedule(), so no second restore can interleave.
-    if TaskQueue._scheduled_tasks_already_restored:
+    # Only now: a failed read ("database is locked" at start-up) must be tried again.
+    queues = get_queues()
+    if not await queues.mark_restored():
         return 0
-    TaskQueue._scheduled_tasks_already_restored = True
     for record in records:
-        scheduler.schedule(TaskRun.from_record(record))
+        run = TaskRun.from_record(record)
+        await queues.admit(run, lane_of(run))
     if records:
         logger.info("restored %d scheduled runs", len(records))
     return len(records)
-
-
-async def ensure_started() -> None:
-    """Once per process, in the server's loop: note the loop and restore recorded runs."""
-    started = _state.started
-    if started is None:
-        loop = asyncio.get_running_loop()
-        started = _state.started = loop.create_future()
-        _state.loop = loop
-        try:
-            await restore()
-        except BaseException as exc:
-            _state.started = None
-            started.set_exception(exc)
-            raise
-        started.set_result(None)
-    elif not started.done():
-        await asyncio.shield(started)
-
-
-def on_shutdown(callback) -> None:
-    """Call ``callback()`` (a coroutine function) when the server stops; once however often
-    it is registered."""
-    if callback not in _state.shutdown_callbacks:
-        _state.shutdown_callbacks.append(callback)
-
-
-async def shutdown() -> None:
-    """The server is stopping: run the shutdown callbacks, then commit every pending write."""
-    for callback in list(_state.shutdown_callbacks):
-        try:
-            await callback()
-        except Exception:
-            logger.exception("shutdown callback %r failed", callback)
-    await writer.flush()

@@ -6,7 +6,7 @@ import asyncio
 import sys
 from typing import Any
 
-from . import lifecycle
+from . import server
 
 _twisted_hooked = False
 
@@ -24,11 +24,11 @@ def _hook_twisted_reactor() -> None:
     from twisted.internet.defer import Deferred
 
     _twisted_hooked = True
-    reactor.callWhenRunning(lambda: asyncio.ensure_future(lifecycle.ensure_started()))
+    reactor.callWhenRunning(lambda: asyncio.ensure_future(server.ensure_started()))
     reactor.addSystemEventTrigger(
         "before",
         "shutdown",
-        lambda: Deferred.fromFuture(asyncio.ensure_future(lifecycle.shutdown())),
+        lambda: Deferred.fromFuture(asyncio.ensure_future(server.shutdown())),
     )
 
 
@@ -47,16 +47,16 @@ class TaskQueueMiddleware:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        await lifecycle.ensure_started()
+        await server.ensure_started()
         await self.app(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await lifecycle.ensure_started()
+                await server.ensure_started()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await lifecycle.shutdown()
+                await server.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

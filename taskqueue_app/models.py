@@ -6,21 +6,9 @@ import uuid
 
 from django.db import models
 
+from .states import FINISHED_STATES, TERMINAL_STATES, StateType
 
-class StateType(models.TextChoices):
-    """Prefect's state types that a task run goes through here."""
-
-    SCHEDULED = "SCHEDULED", "Scheduled"
-    PENDING = "PENDING", "Pending"
-    RUNNING = "RUNNING", "Running"
-    COMPLETED = "COMPLETED", "Completed"
-    FAILED = "FAILED", "Failed"
-    CRASHED = "CRASHED", "Crashed"
-    CANCELLED = "CANCELLED", "Cancelled"
-
-
-FINISHED_STATES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
-TERMINAL_STATES = FINISHED_STATES | {StateType.COMPLETED}
+__all__ = ["FINISHED_STATES", "TERMINAL_STATES", "QueueDashboard", "StateType", "TaskRunRecord"]
 
 
 class TaskRunRecord(models.Model):
@@ -32,11 +20,12 @@ class TaskRunRecord(models.Model):
     name = models.CharField(max_length=255)
     parameters = models.JSONField(default=dict)
     state_type = models.CharField(
-        max_length=16, choices=StateType.choices, default=StateType.SCHEDULED
+        max_length=16, choices=StateType.choices(), default=StateType.SCHEDULED
     )
     state_name = models.CharField(max_length=32, default="Scheduled")
     state_timestamp = models.DateTimeField()
     run_count = models.PositiveIntegerField(default=0)
+    priority = models.SmallIntegerField(default=0)
     retries = models.PositiveIntegerField(default=0)
     retry_delay_seconds = models.FloatField(default=0)
     result = models.JSONField(null=True, blank=True)

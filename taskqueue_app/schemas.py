@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .models import StateType
+from .states import StateType
 
 TASK_KEY_MAX = 200
 DYNAMIC_KEY_MAX = 255
@@ -26,8 +26,10 @@ CREATE_FIELDS = frozenset(
         "state",
         "empirical_policy",
         "expected_start_time",
+        "priority",
     }
 )
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
 POLICY_FIELDS = frozenset({"retries", "retry_delay_seconds"})
 
 
@@ -78,6 +80,7 @@ class TaskRun:
     state_name: str = "Scheduled"
     state_timestamp: datetime = field(default_factory=now)
     run_count: int = 0
+    priority: int = 0
     retries: int = 0
     retry_delay_seconds: float = 0.0
     created: datetime = field(default_factory=now)
@@ -127,6 +130,7 @@ class TaskRun:
             "state_type": self.state_type,
             "state_name": self.state_name,
             "run_count": self.run_count,
+            "priority": self.priority,
             "empirical_policy": {
                 "retries": self.retries,
                 "retry_delay_seconds": self.retry_delay_seconds,
@@ -145,6 +149,42 @@ class TaskRun:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskRun:
+        """The run of its JSON form (``to_dict``), as the HTTP API returns it or a worker
+        receives it; fields a Prefect client leaves out take their defaults."""
+
+        policy = data.get("empirical_policy") or {}
+        state = data.get("state") or {}
+
+        def when(name: str, source: dict[str, Any] = data) -> datetime | None:
+            value = source.get(name)
+            return parse_datetime(value, name) if value else None
+
+        created = when("created") or now()
+        return cls(
+            id=parse_uuid(str(data["id"])),
+            task_key=data["task_key"],
+            dynamic_key=data.get("dynamic_key") or data["task_key"],
+            name=data.get("name") or data["task_key"],
+            parameters=data.get("parameters") or {},
+            state_type=data.get("state_type") or state.get("type") or StateType.SCHEDULED,
+            state_name=data.get("state_name") or state.get("name") or "Scheduled",
+            state_timestamp=when("timestamp", state) or created,
+            run_count=data.get("run_count") or 0,
+            priority=data.get("priority") or 0,
+            retries=policy.get("retries") or 0,
+            retry_delay_seconds=policy.get("retry_delay_seconds") or 0,
+            created=created,
+            updated=when("updated"),
+            expected_start_time=when("expected_start_time"),
+            started=when("start_time"),
+            finished=when("end_time"),
+            result=data.get("result"),
+            error=data.get("error"),
+            worker=data.get("worker") or "",
+        )
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -184,6 +224,16 @@ def _non_negative_number(value: Any, name: str) -> float:
     if not math.isfinite(value):
         raise ValidationError(f"{name} must be a finite number")
     return float(value)
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValidationError(
+            f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX}, not {value}"
+        )
+    return value
 
 
 def _bounded_string(value: Any, name: str, maximum: int) -> str:
@@ -259,13 +309,15 @@ def run_from_request(data: Any, max_bytes: int | None = None) -> TaskRun:
     if data.get("state") is not None:
         state = _require_object(data["state"], "state")
         state_type = state.get("type", StateType.SCHEDULED.value)
-        if state_type not in StateType.values:
+        if state_type not in set(StateType):
             raise ValidationError(
-                f"state.type {state_type!r} is not a state; one of: {', '.join(StateType.values)}"
+                f"state.type {state_type!r} is not a state; one of: {', '.join(StateType)}"
             )
         if state_type != StateType.SCHEDULED:
             raise ValidationError("state.type must be SCHEDULED for a new run")
     expected = data.get("expected_start_time")
+    priority = data.get("priority")
+    priority = 0 if priority is None else _priority(priority)
     created = now()
     run = TaskRun(
         id=run_id,
@@ -273,6 +325,7 @@ def run_from_request(data: Any, max_bytes: int | None = None) -> TaskRun:
         dynamic_key=dynamic_key,
         name=name,
         parameters=parameters,
+        priority=priority,
         retries=retries,
         retry_delay_seconds=delay,
         created=created,

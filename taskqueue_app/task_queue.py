@@ -5,92 +5,48 @@ lane and a bounded *retry* lane that is always served first. ``MultiQueue`` serv
 in the order given. Unlike Prefect's seed it never polls: a waiting ``get()`` registers itself on
 every queue it watches, and the next run put into any of them is handed straight to it.
 
-Delivery is explicit: ``MultiQueue.claim(holder)`` records the run it returns as held by
-``holder`` until ``TaskQueue.ack`` forgets it or ``TaskQueue.release`` puts it back, first in
-line, so a run in a worker's hands never lives only in a local variable.
+Within a lane a run's ``priority`` (an int, default 0) orders it: higher first, FIFO among
+equals, so runs of one priority keep the seed's order exactly.
 
-Pure asyncio, not thread-safe: everything here runs in the ASGI server's event loop. It reads
-nothing from Django but ``conf``.
+Delivery is explicit: ``MultiQueue.claim(holder)`` records the run as held by ``holder`` in the
+same step that hands it over, until ``TaskQueue.ack`` forgets it or ``TaskQueue.release`` puts
+it back, first in line, so a run in a worker's hands never lives only in a future.
+
+Pure asyncio, not thread-safe: everything runs in the server's event loop. It imports nothing
+of the app but ``conf`` and ``lanes`` (its building block); the memory engine is built on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from .conf import taskqueue_settings
+from .lanes import Lane, QueuedRun, Waiter
 
 __all__ = ["MultiQueue", "TaskQueue", "QueuedRun"]
 
 
-class QueuedRun(Protocol):
-    """What the queues need of a run: its id and its key. Any object with both will do."""
-
-    id: Any
-    task_key: str
-
-
-class _Lane:
-    """One bounded FIFO of a key (scheduled or retry) and the producers waiting for room in it."""
-
-    __slots__ = ("items", "putters")
-
-    def __init__(self) -> None:
-        self.items: deque[QueuedRun] = deque()
-        self.putters: deque[asyncio.Future[None]] = deque()
-
-    def wake_putter(self) -> None:
-        """Let the longest-waiting producer try again; one slot freed wakes one producer."""
-        while self.putters:
-            putter = self.putters.popleft()
-            if not putter.done():
-                putter.set_result(None)
-                return
-
-    async def wait_for_room(self, is_full) -> None:
-        """Sleep until ``is_full()`` is false, in FIFO order with other waiting producers."""
-        loop = asyncio.get_running_loop()
-        while is_full():
-            putter = loop.create_future()
-            self.putters.append(putter)
-            try:
-                await putter
-            except asyncio.CancelledError:
-                putter.cancel()
-                try:
-                    self.putters.remove(putter)
-                except ValueError:
-                    pass
-                # We were woken for a free slot but will not use it: pass the turn on.
-                if not is_full() and not putter.cancelled():
-                    self.wake_putter()
-                raise
-
-
-class _Getter:
-    """One waiting consumer: a future handed the next run put into any of its queues."""
-
-    __slots__ = ("future", "queues")
-
-    def __init__(self, future: asyncio.Future, queues: list[TaskQueue]) -> None:
-        self.future = future
-        self.queues = queues
-
-    def unregister(self) -> None:
-        for queue in self.queues:
-            queue._getters.pop(self, None)
-
-
-async def _get_from(queues: list[TaskQueue]) -> QueuedRun:
-    """The next run of ``queues`` (in order, retry first), waiting while all are empty."""
+def _take_first(queues: list[TaskQueue]) -> QueuedRun | None:
     for queue in queues:
         run = queue._take()
         if run is not None:
             return run
+    return None
+
+
+async def _get_from(queues: list[TaskQueue], holder: str | None = None) -> QueuedRun:
+    """The next run of ``queues`` (in order, retry first), waiting while all are empty; with
+    ``holder``, recorded as held by it in the step that takes it."""
+    run = _take_first(queues)
+    if run is not None:
+        if holder is not None:
+            TaskQueue.hold(holder, run)
+        return run
     # Every queue is empty: register on all of them and sleep until one hands us a run.
-    getter = _Getter(asyncio.get_running_loop().create_future(), queues)
+    on_hand = None if holder is None else (lambda run: TaskQueue.hold(holder, run))
+    getter = Waiter(asyncio.get_running_loop().create_future(), queues, on_hand)
     for queue in queues:
         queue._getters[getter] = None
     try:
@@ -101,6 +57,8 @@ async def _get_from(queues: list[TaskQueue]) -> QueuedRun:
             # A run was handed over in the same tick we were cancelled: it is not lost, it goes
             # back to the front of its key's retry lane and on to the next waiter.
             run = getter.future.result()
+            if holder is not None:
+                TaskQueue.ack(holder, run.id)
             TaskQueue.for_key(run.task_key)._push_front([run])
         raise
 
@@ -111,6 +69,7 @@ class TaskQueue:
     _task_queues: ClassVar[dict[str, TaskQueue]] = {}
     _queue_size_configs: ClassVar[dict[str, tuple[int | None, int | None]]] = {}
     _held: ClassVar[dict[str, dict[Any, QueuedRun]]] = {}
+    _holders: ClassVar[dict[Any, str]] = {}  # run id -> its holder: no scan to find one
     _scheduled_tasks_already_restored: ClassVar[bool] = False
 
     task_key: str
@@ -124,10 +83,7 @@ class TaskQueue:
 
     @classmethod
     def configure_task_key(
-        cls,
-        task_key: str,
-        scheduled_size: int | None = None,
-        retry_size: int | None = None,
+        cls, task_key: str, scheduled_size: int | None = None, retry_size: int | None = None
     ) -> None:
         """Set the bounds of ``task_key``'s lanes (falsy: default); applies to a live queue too."""
         sizes = (scheduled_size or None, retry_size or None)
@@ -153,6 +109,7 @@ class TaskQueue:
         cls._task_queues.clear()
         cls._queue_size_configs.clear()
         cls._held.clear()
+        cls._holders.clear()
         cls._scheduled_tasks_already_restored = False
 
     # -- one queue --------------------------------------------------------------------------
@@ -164,19 +121,17 @@ class TaskQueue:
         retry_queue_size: int | None = None,
     ) -> None:
         self.task_key = task_key
-        self._scheduled = _Lane()
-        self._retry = _Lane()
+        self._scheduled = Lane()
+        self._retry = Lane()
         # Ordered set of waiting consumers; dict for O(1) removal when a getter is served elsewhere.
-        self._getters: dict[_Getter, None] = {}
+        self._getters: dict[Waiter, None] = {}
         explicit = (scheduled_queue_size, retry_queue_size)
         self._sizes: tuple[int | None, int | None] | None = explicit if any(explicit) else None
         self._limits_cache: tuple[int, int, int] | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"<TaskQueue {self.task_key!r} scheduled={len(self._scheduled.items)}/"
-            f"{self.scheduled_limit} retry={len(self._retry.items)}/{self.retry_limit}>"
-        )
+        sizes = f"{len(self._scheduled)}/{self.scheduled_limit} retry={len(self._retry)}"
+        return f"<TaskQueue {self.task_key!r} scheduled={sizes}/{self.retry_limit}>"
 
     def _limits(self) -> tuple[int, int]:
         # Resolved from settings at call time, cached until the settings or the config change.
@@ -208,29 +163,23 @@ class TaskQueue:
         """True when this key's bounds were set explicitly rather than taken from the defaults."""
         return self._sizes is not None or taskqueue_settings.key_sizes(self.task_key) is not None
 
-    def scheduled_full(self) -> bool:
-        return self.scheduled_room() <= 0
-
-    def retry_full(self) -> bool:
-        return self.retry_room() <= 0
-
     def scheduled_room(self) -> int:
         """Free slots in the scheduled lane (negative when a release overfilled it)."""
-        return self.scheduled_limit - len(self._scheduled.items)
+        return self.scheduled_limit - len(self._scheduled)
 
     def retry_room(self) -> int:
         """Free slots in the retry lane (negative when a release overfilled it)."""
-        return self.retry_limit - len(self._retry.items)
+        return self.retry_limit - len(self._retry)
 
     def qsize(self) -> int:
         """Runs waiting in both lanes."""
-        return len(self._scheduled.items) + len(self._retry.items)
+        return len(self._scheduled) + len(self._retry)
 
     def _take(self) -> QueuedRun | None:
         """The next run, retry lane first, or None; frees a slot for one waiting producer."""
         for lane in (self._retry, self._scheduled):
-            if lane.items:
-                run = lane.items.popleft()
+            if lane.size:
+                run = lane.popleft()
                 if lane.putters:
                     lane.wake_putter()
                 return run
@@ -242,17 +191,18 @@ class TaskQueue:
             getter = next(iter(self._getters))
             getter.unregister()
             if not getter.future.done():
-                getter.future.set_result(run)
+                getter.hand(run)
                 return True
         return False
 
     def _push_front(self, runs: list[QueuedRun]) -> None:
         """Put ``runs`` (in order) at the front of the retry lane, regardless of its bound."""
-        self._retry.items.extendleft(reversed(runs))
-        while self._getters and self._retry.items:
-            run = self._retry.items.popleft()
+        for run in reversed(runs):
+            self._retry.appendleft(run)
+        while self._getters and self._retry.size:
+            run = self._retry.popleft()
             if not self._hand_off(run):
-                self._retry.items.appendleft(run)
+                self._retry.appendleft(run)
                 break
 
     def _wake_putters(self) -> None:
@@ -261,7 +211,7 @@ class TaskQueue:
             (self._scheduled, self.scheduled_limit),
             (self._retry, self.retry_limit),
         ):
-            for _ in range(max(0, limit - len(lane.items))):
+            for _ in range(max(0, limit - len(lane))):
                 if not lane.putters:
                     break
                 lane.wake_putter()
@@ -270,28 +220,28 @@ class TaskQueue:
         """Append to the scheduled lane, or raise ``asyncio.QueueFull``."""
         if self._getters and self._hand_off(task_run):
             return
-        if len(self._scheduled.items) >= self.scheduled_limit:
+        if self._scheduled.size >= self.scheduled_limit:
             raise asyncio.QueueFull(f"scheduled queue of {self.task_key!r} is full")
-        self._scheduled.items.append(task_run)
+        self._scheduled.append(task_run)
 
     def retry_nowait(self, task_run: QueuedRun) -> None:
         """Append to the retry lane, or raise ``asyncio.QueueFull``."""
         if self._getters and self._hand_off(task_run):
             return
-        if len(self._retry.items) >= self.retry_limit:
+        if self._retry.size >= self.retry_limit:
             raise asyncio.QueueFull(f"retry queue of {self.task_key!r} is full")
-        self._retry.items.append(task_run)
+        self._retry.append(task_run)
 
     async def put(self, task_run: QueuedRun) -> None:
         """Append to the scheduled lane, waiting for room."""
         if not self._getters:
-            await self._scheduled.wait_for_room(self.scheduled_full)
+            await self._scheduled.wait_for_room(lambda: self.scheduled_room() <= 0)
         self.put_nowait(task_run)
 
     async def retry(self, task_run: QueuedRun) -> None:
         """Append to the retry lane, waiting for room."""
         if not self._getters:
-            await self._retry.wait_for_room(self.retry_full)
+            await self._retry.wait_for_room(lambda: self.retry_room() <= 0)
         self.retry_nowait(task_run)
 
     async def get(self) -> QueuedRun:
@@ -314,6 +264,8 @@ class TaskQueue:
         if not held:
             return None
         run = held.pop(run_id, None)
+        if run is not None:
+            del cls._holders[run_id]
         if not held:
             del cls._held[holder]
         return run
@@ -322,6 +274,8 @@ class TaskQueue:
     def release(cls, holder: str) -> list[QueuedRun]:
         """Put every run ``holder`` still holds back at the front of its key's retry lane."""
         runs = list(cls._held.pop(holder, {}).values())
+        for run in runs:
+            del cls._holders[run.id]
         by_key: dict[str, list[QueuedRun]] = {}
         for run in runs:
             by_key.setdefault(run.task_key, []).append(run)
@@ -341,39 +295,61 @@ class TaskQueue:
 
     @classmethod
     def holder_of(cls, run_id: Any) -> str | None:
-        """The holder that holds ``run_id`` now, or None (a scan: for the rare, stale case)."""
-        for holder, runs in cls._held.items():
-            if run_id in runs:
-                return holder
-        return None
+        """The holder that holds ``run_id`` now, or None."""
+        return cls._holders.get(run_id)
 
     @classmethod
     def hold(cls, holder: str, run: QueuedRun) -> None:
-        """Record ``run`` as held by ``holder``; a run of the same id is replaced in place."""
+        """Record ``run`` as held by ``holder``; a run of the same id is replaced in place.
+
+        A run is held by one holder at a time: holding it moves it from any other.
+        """
+        previous = cls._holders.get(run.id)
+        if previous is not None and previous != holder:
+            cls.ack(previous, run.id)
         cls._held.setdefault(holder, {})[run.id] = run
+        cls._holders[run.id] = holder
+
+    @classmethod
+    def held_runs(cls) -> list[QueuedRun]:
+        """Every run any holder holds (for dashboards)."""
+        return [run for runs in cls._held.values() for run in runs.values()]
+
+    @classmethod
+    def remove(cls, run_id: Any) -> QueuedRun | None:
+        """Take a waiting run out of whichever lane holds it (a cancel); None if none does."""
+        for queue in cls._task_queues.values():
+            for lane in (queue._retry, queue._scheduled):
+                run = lane.remove(run_id)
+                if run is not None:
+                    return run
+        return None
 
     # -- dashboards ------------------------------------------------------------------------------
 
     @classmethod
-    def snapshot(cls) -> list[dict[str, Any]]:
-        """Per key, sorted: lane sizes, their limits, whether configured, runs held, waiters."""
+    def snapshot(cls, also: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Per key (those in use, configured, held, and ``also``), sorted: lane sizes, their
+        limits, whether configured, runs held, waiting consumers."""
         held_per_key: dict[str, int] = {}
-        for runs in cls._held.values():
-            for run in runs.values():
-                held_per_key[run.task_key] = held_per_key.get(run.task_key, 0) + 1
+        for run in cls.held_runs():
+            held_per_key[run.task_key] = held_per_key.get(run.task_key, 0) + 1
         configured_keys = set(cls._queue_size_configs)
         if isinstance(taskqueue_settings.KEYS, dict):
             configured_keys.update(taskqueue_settings.KEYS)
         rows = []
-        for key in sorted(set(cls._task_queues) | configured_keys | set(held_per_key)):
+        for key in sorted({*cls._task_queues, *configured_keys, *held_per_key, *also}):
             # Peek without creating: a dashboard read must not grow the registry.
-            queue = cls._task_queues.get(key) or cls._detached(key)
+            queue = cls._task_queues.get(key)
+            if queue is None:
+                queue = cls(key)
+                queue._sizes = cls._queue_size_configs.get(key)
             rows.append(
                 {
                     "task_key": key,
-                    "scheduled_size": len(queue._scheduled.items),
+                    "scheduled_size": len(queue._scheduled),
                     "scheduled_limit": queue.scheduled_limit,
-                    "retry_size": len(queue._retry.items),
+                    "retry_size": len(queue._retry),
                     "retry_limit": queue.retry_limit,
                     "configured": queue.configured,
                     "held": held_per_key.get(key, 0),
@@ -381,12 +357,6 @@ class TaskQueue:
                 }
             )
         return rows
-
-    @classmethod
-    def _detached(cls, key: str) -> TaskQueue:
-        queue = cls(key)
-        queue._sizes = cls._queue_size_configs.get(key)
-        return queue
 
 
 class MultiQueue:
@@ -404,15 +374,12 @@ class MultiQueue:
 
     def get_nowait(self) -> QueuedRun:
         """Like ``get()`` without waiting; raises ``asyncio.QueueEmpty``."""
-        for queue in self._queues:
-            run = queue._take()
-            if run is not None:
-                return run
-        raise asyncio.QueueEmpty
+        run = _take_first(self._queues)
+        if run is None:
+            raise asyncio.QueueEmpty
+        return run
 
     async def claim(self, holder: str) -> QueuedRun:
-        """Like ``get()``, and record the run as held by ``holder`` until acked or released."""
-        run = await _get_from(self._queues)
-        # No await between the hand-over and this line: the run is never unrecorded.
-        TaskQueue.hold(holder, run)
-        return run
+        """Like ``get()``, and record the run as held by ``holder`` until acked or released;
+        the record is made in the hand-over itself, before this coroutine resumes."""
+        return await _get_from(self._queues, holder)

@@ -1,4 +1,5 @@
-"""Public testing helpers: a real Daphne server in a subprocess, and a free port to put it on."""
+"""Public testing helpers: a real Daphne server in a subprocess, a free port to put it on, and a
+reset of everything the app keeps in memory between tests."""
 
 from __future__ import annotations
 
@@ -56,23 +57,30 @@ def end_process(
 class DaphneServer:
     """Runs ``daphne`` with a project's ASGI application in a subprocess, on a free loopback port.
 
-    The database is a SQLite file of its own (migrated before start), so a test can kill the
-    server and start it again on the same records. Use as a context manager, or call
-    ``start()`` / ``stop()`` / ``kill()``.
+    ``application`` is Daphne's ``module:attribute``; ``settings`` defaults to this process's
+    ``DJANGO_SETTINGS_MODULE``. With ``database_env`` (the environment variable the settings
+    read their SQLite file's path from) the server gets a database file of its own, migrated
+    before start, so a test can kill it and start it again on the same records;
+    ``server_url_env`` tells the settings the server's API base the same way. Use as a context
+    manager, or call ``start()`` / ``stop()`` / ``kill()``.
     """
 
     def __init__(
         self,
-        application: str = "project.asgi:application",
+        application: str,
         *,
-        settings: str = "project.settings",
+        settings: str | None = None,
         database: str | os.PathLike | None = None,
+        database_env: str | None = None,
+        server_url_env: str | None = None,
         env: dict[str, str] | None = None,
         port: int | None = None,
         cwd: str | os.PathLike | None = None,
     ) -> None:
         self.application = application
-        self.settings = settings
+        self.settings = settings or os.environ.get("DJANGO_SETTINGS_MODULE", "")
+        self.database_env = database_env
+        self.server_url_env = server_url_env
         self._tmp = None
         if database is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="taskqueue-daphne-")
@@ -102,14 +110,11 @@ class DaphneServer:
 
     def environ(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": self.settings,
-                "TASKQUEUE_DB": str(self.database),
-                "TASKQUEUE_SERVER_URL": self.api_url,
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        env.update({"DJANGO_SETTINGS_MODULE": self.settings, "PYTHONUNBUFFERED": "1"})
+        if self.database_env:
+            env[self.database_env] = str(self.database)
+        if self.server_url_env:
+            env[self.server_url_env] = self.api_url
         env.update(self.extra_env)
         return env
 
@@ -183,3 +188,21 @@ class DaphneServer:
         self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def reset() -> None:
+    """Forget everything the app keeps in memory: the engine's runs, reservations, workers and
+    configuration, the server loop and its hooks, pending record writes. The records stay.
+
+    For tests, between cases; never in a running server.
+    """
+    from asgiref.sync import async_to_sync
+
+    from . import lifecycle, server
+    from .queues import get_queues
+    from .records import writer
+
+    lifecycle.reset()
+    server.reset()
+    writer.reset()
+    async_to_sync(get_queues().reset)()

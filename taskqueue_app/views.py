@@ -32,7 +32,7 @@ from . import lifecycle
 from .auth import token_auth
 from .conf import taskqueue_settings
 from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
-from .workers import queue_rows, registry
+from .workers import queue_rows, workers
 
 JSON_TYPE = "application/json"
 # A body without Content-Type is taken as JSON; see the module docstring.
@@ -219,7 +219,7 @@ async def task_run_retry(request: HttpRequest, run_id: str) -> HttpResponse:
 @api_view("GET", permission="taskqueue_app.view_queuedashboard")
 async def task_queues(request: HttpRequest) -> HttpResponse:
     """Per key: lane sizes and limits, whether configured, and how many workers subscribe."""
-    return json_response(queue_rows())
+    return json_response(await queue_rows())
 
 
 def _task_keys_filter(data: Any) -> list[str] | None:
@@ -254,4 +254,4 @@ def _task_keys_filter(data: Any) -> list[str] | None:
 async def task_workers_filter(request: HttpRequest) -> HttpResponse:
     """Connected workers as Prefect lists them; those serving any of ``task_keys``, or all."""
     keys = _task_keys_filter(read_json(request, required=False))
-    return json_response(registry.workers(keys))
+    return json_response(await workers(keys))

@@ -2,15 +2,12 @@
 
 import pytest
 
-from taskqueue_app import lifecycle
-from taskqueue_app.workers import registry
+from taskqueue_app import testing
 
 
 @pytest.fixture(autouse=True)
 def _reset_task_queues():
-    """Every test starts with an empty registry, no per-key configuration, no workers."""
-    lifecycle.reset()
-    registry.clear()
+    """Every test starts with empty queues, no per-key configuration, no workers."""
+    testing.reset()
     yield
-    lifecycle.reset()
-    registry.clear()
+    testing.reset()

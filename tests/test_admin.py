@@ -11,7 +11,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.urls import NoReverseMatch, reverse
 
-from taskqueue_app import dashboard, lifecycle
+from taskqueue_app import dashboard, server
 from taskqueue_app.admin import TaskKeyFilter
 from taskqueue_app.models import StateType, TaskRunRecord
 from taskqueue_app.schemas import TaskRun, now
@@ -277,7 +277,7 @@ def test_a_page_past_the_end_shows_the_last_page(admin_client, queues):
 @pytest.mark.django_db(transaction=True)
 async def test_state_is_read_in_the_server_loop_from_another_thread(monkeypatch):
     """A sync admin view runs in a worker thread: the copy must be taken in the loop's thread."""
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     TaskQueue.for_key("emails.send").put_nowait(make_run("emails.send"))
     loop_thread = threading.get_ident()
     seen: list[int] = []

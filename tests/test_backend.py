@@ -17,14 +17,14 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
+from taskqueue_app.scheduler import scheduler
 
+from project.servers import ProjectServer
 from project.tasks import add, flaky_greeting, wait_then_echo
-from taskqueue_app import lifecycle
+from taskqueue_app import lifecycle, server
 from taskqueue_app.backend import EnqueueError, QueueTask, TaskQueueBackend
-from taskqueue_app.django_worker import DjangoTaskWorker
 from taskqueue_app.management.commands.taskworker import discover_tasks
 from taskqueue_app.models import StateType, TaskRunRecord
-from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import TaskRun
 from taskqueue_app.task_queue import TaskQueue
 from taskqueue_app.tasks_compat import (
@@ -35,7 +35,8 @@ from taskqueue_app.tasks_compat import (
     task_finished,
     task_started,
 )
-from taskqueue_app.testing import DaphneServer, free_port
+from taskqueue_app.testing import free_port
+from taskqueue_app.worker.django_worker import DjangoTaskWorker
 from tests.worker_helpers import ROOT, api, start_django_worker, terminate_gently, wait_for_state
 
 ADD = "project.tasks.add"
@@ -64,7 +65,7 @@ class Received:
 
 @DB
 async def test_aenqueue_in_the_server_loop_creates_and_queues_the_run():
-    await lifecycle.ensure_started()  # this test's loop is the server's loop
+    await server.ensure_started()  # this test's loop is the server's loop
     with Received(task_enqueued) as enqueued:
         result = await add.aenqueue(2, b=3)
     assert result.status == TaskResultStatus.READY
@@ -80,7 +81,7 @@ async def test_aenqueue_in_the_server_loop_creates_and_queues_the_run():
 
 @DB
 async def test_enqueue_from_another_thread_of_the_server_is_handed_to_its_loop():
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     result = await asyncio.to_thread(add.enqueue, 1, 2)
     assert TaskQueue.for_key(ADD).qsize() == 1  # put by the loop, not by the thread
     assert await TaskRunRecord.objects.filter(pk=uuid.UUID(result.id)).aexists()
@@ -90,14 +91,14 @@ async def test_enqueue_from_another_thread_of_the_server_is_handed_to_its_loop()
 
 @DB
 async def test_a_blocking_enqueue_inside_the_loop_is_refused_with_the_fix():
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     with pytest.raises(RuntimeError, match=r"await task.aenqueue"):
         add.enqueue(1, 2)
 
 
 @DB
 async def test_run_after_defers_the_run_until_then():
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     due = timezone.now() + timedelta(hours=1)
     result = await add.using(run_after=due).aenqueue(1, 1)
     record = await TaskRunRecord.objects.aget(pk=uuid.UUID(result.id))
@@ -108,7 +109,7 @@ async def test_run_after_defers_the_run_until_then():
 
 @DB
 async def test_a_full_queue_raises_and_stores_nothing():
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     TaskQueue.configure_task_key(ADD, scheduled_size=1)
     await add.aenqueue(1, 1)
     with pytest.raises(lifecycle.QueueFullError, match="full"):
@@ -254,7 +255,7 @@ def test_taskworker_with_no_paths_serves_every_task_of_this_backend():
 
 @pytest.fixture(scope="module")
 def server():
-    with DaphneServer(settings="tests.e2e_settings") as running:
+    with ProjectServer(settings="tests.e2e_settings") as running:
         worker = start_django_worker(running, ADD, flaky_greeting.module_path)
         worker.wait_for("connected to ")
         running.worker = worker
@@ -262,12 +263,12 @@ def server():
         terminate_gently(worker)
 
 
-def _get_json(server: DaphneServer, path: str) -> dict:
+def _get_json(server: ProjectServer, path: str) -> dict:
     with urllib.request.urlopen(f"{server.url}/{path}", timeout=20) as response:
         return json.loads(response.read())
 
 
-def _wait_for_status(server: DaphneServer, result_id: str, timeout: float = 20.0) -> dict:
+def _wait_for_status(server: ProjectServer, result_id: str, timeout: float = 20.0) -> dict:
     """Poll get_result (through a sync view of the server) until the run is finished."""
     deadline = time.monotonic() + timeout
     while True:
@@ -324,7 +325,7 @@ SHELL_READ = """
 """
 
 
-def _shell(server: DaphneServer, code: str) -> dict:
+def _shell(server: ProjectServer, code: str) -> dict:
     """Run ``code`` in ``manage.py shell``: another process, reaching the server over HTTP."""
     env = server.environ()
     done = subprocess.run(

@@ -4,10 +4,10 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from taskqueue_app.scheduler import scheduler
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
-from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import TaskRun, now
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
 from taskqueue_app.workers import queue_rows

@@ -18,7 +18,7 @@ from django.test import override_settings
 from django.urls import path
 
 from project.asgi import application
-from taskqueue_app import lifecycle, protocol
+from taskqueue_app import lifecycle, protocol, server
 from taskqueue_app.consumers import SubscriptionConsumer, live_subscriptions
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, now
@@ -36,7 +36,7 @@ WAIT = 3  # seconds a communicator waits for a frame: generous, the suite shares
 async def _started():
     """Start the lifecycle as the server would (restore first), and let the record writer
     finish before the test's database is flushed."""
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     yield
     await writer.flush()
 
@@ -638,7 +638,7 @@ async def test_shutdown_closes_every_subscription_with_1012_and_keeps_run_states
     await handled(one)
     assert live_subscriptions() == 2
 
-    await lifecycle.shutdown()
+    await server.shutdown()
 
     for comm in (one, two):
         assert await closed_with(comm) == (1012, protocol.SERVICE_RESTART)

@@ -6,7 +6,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from taskqueue_app import lifecycle, protocol
+from taskqueue_app import protocol, server
 from taskqueue_app.consumers import live_subscriptions
 from taskqueue_app.records import writer
 
@@ -18,7 +18,7 @@ WAIT = 3
 
 @pytest.fixture(autouse=True)
 async def _started():
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     yield
     await writer.flush()
 

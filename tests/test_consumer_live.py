@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import websockets
 
-from taskqueue_app.enqueue_http import post_run
-from taskqueue_app.testing import DaphneServer
+from project.servers import ProjectServer
+from taskqueue_app.worker.http import post_run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,20 +25,20 @@ WAIT = 10  # seconds to wait for a frame from the server: generous, the machine 
 
 @pytest.fixture(scope="module")
 def server():
-    with DaphneServer() as daphne:
+    with ProjectServer() as daphne:
         yield daphne
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def enqueue(server: DaphneServer, key: str, token: str | None = None, **fields) -> str:
+def enqueue(server: ProjectServer, key: str, token: str | None = None, **fields) -> str:
     """POST /api/task_runs/ and return the new run's id."""
     body = {"task_key": key, "id": str(uuid.uuid4()), **fields}
     return post_run(server.api_url, body, token, timeout=WAIT)["id"]
 
 
-def get_run(server: DaphneServer, run_id: str) -> dict:
+def get_run(server: ProjectServer, run_id: str) -> dict:
     """GET /api/task_runs/<id> (it commits pending writes before it reads)."""
     with urllib.request.urlopen(f"{server.api_url}/task_runs/{run_id}", timeout=WAIT) as answer:
         return json.loads(answer.read())
@@ -169,7 +169,7 @@ async def test_protocol_violation_closes_4001_end_to_end(server):
 
 @pytest.fixture(scope="module")
 def token_server():
-    with DaphneServer(env={"TASKQUEUE_AUTH_TOKEN": TOKEN}) as daphne:
+    with ProjectServer(env={"TASKQUEUE_AUTH_TOKEN": TOKEN}) as daphne:
         yield daphne
 
 
@@ -279,7 +279,7 @@ async def test_fifty_producers_four_workers_2000_runs_each_completed_exactly_onc
 
 @pytest.mark.timeout(120)
 async def test_shutdown_closes_with_1012_or_1006_and_the_unacked_run_survives():
-    with DaphneServer() as daphne:
+    with ProjectServer() as daphne:
         key = unique_key("shutdown")
         run_id = await asyncio.to_thread(enqueue, daphne, key)
         ws = await worker(daphne, [key])

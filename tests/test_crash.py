@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from taskqueue_app.testing import DaphneServer
+from project.servers import ProjectServer
 from tests.worker_helpers import (
     api,
     create_run,
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(90)
 SLOW = "tests.worker_tasks.slow"
 
 
-def wait_until_held(server: DaphneServer, run_id: str, timeout: float = 10.0) -> None:
+def wait_until_held(server: ProjectServer, run_id: str, timeout: float = 10.0) -> None:
     """Poll the workers list until some worker holds ``run_id`` unacked."""
     deadline = time.monotonic() + timeout
     while True:
@@ -36,7 +36,7 @@ def wait_until_held(server: DaphneServer, run_id: str, timeout: float = 10.0) ->
 
 @pytest.fixture
 def server():
-    with DaphneServer() as running:
+    with ProjectServer() as running:
         yield running
 
 

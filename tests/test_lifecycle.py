@@ -7,11 +7,11 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from taskqueue_app.scheduler import scheduler
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.records import writer
-from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import TaskRun, TooLargeError, ValidationError, isoformat, now
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
 

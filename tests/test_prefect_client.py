@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from taskqueue_app.enqueue_http import post_run
-from taskqueue_app.testing import DaphneServer
+from project.servers import ProjectServer
+from taskqueue_app.worker.http import post_run
 
 prefect = pytest.importorskip(
     "prefect", reason="Prefect's client is not installed (it is not a dependency of this app)"
@@ -45,7 +45,7 @@ def subscription(keys: list[str]) -> Subscription[TaskRun]:
     )
 
 
-def enqueue(server: DaphneServer, key: str, token: str | None = None, **fields) -> str:
+def enqueue(server: ProjectServer, key: str, token: str | None = None, **fields) -> str:
     body = {"task_key": key, "id": str(uuid.uuid4()), **fields}
     return post_run(server.api_url, body, token, timeout=WAIT)["id"]
 
@@ -60,7 +60,7 @@ async def receive(sub: Subscription[TaskRun], count: int) -> list[TaskRun]:
 
 
 async def test_prefects_subscription_receives_runs_as_its_task_run():
-    with DaphneServer() as server, temporary_settings({PREFECT_API_URL: server.api_url}):
+    with ProjectServer() as server, temporary_settings({PREFECT_API_URL: server.api_url}):
         key = f"compat.{uuid.uuid4().hex[:8]}"
         ids = [
             await asyncio.to_thread(
@@ -82,7 +82,7 @@ async def test_prefects_subscription_receives_runs_as_its_task_run():
 
 async def test_prefects_subscription_authenticates_with_its_auth_string():
     env = {"TASKQUEUE_AUTH_TOKEN": TOKEN}
-    with DaphneServer(env=env) as server:
+    with ProjectServer(env=env) as server:
         key = f"compat.{uuid.uuid4().hex[:8]}"
         run_id = await asyncio.to_thread(enqueue, server, key, TOKEN)
         settings = {PREFECT_API_URL: server.api_url, PREFECT_API_AUTH_STRING: TOKEN}

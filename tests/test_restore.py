@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from project.servers import ProjectServer
 from taskqueue_app.schemas import isoformat, now, parse_datetime
-from taskqueue_app.testing import DaphneServer
 
 # Long enough that the restart (process start, Django set-up) is over well before it is due.
 DEFER_S = 6.0
 
 
-def call(server: DaphneServer, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def call(server: ProjectServer, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One HTTP request with the standard library; returns (status, JSON body)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{server.api_url}{path}", data=data, method=method)
@@ -37,19 +37,19 @@ def call(server: DaphneServer, method: str, path: str, body: Any = None) -> tupl
         return error.code, json.loads(error.read())
 
 
-def create(server: DaphneServer, **fields: Any) -> dict:
+def create(server: ProjectServer, **fields: Any) -> dict:
     status, run = call(server, "POST", "/task_runs/", fields)
     assert status == 201, run
     return run
 
 
-def queues(server: DaphneServer) -> dict[str, dict]:
+def queues(server: ProjectServer) -> dict[str, dict]:
     status, rows = call(server, "GET", "/task_queues/")
     assert status == 200, rows
     return {row["task_key"]: row for row in rows}
 
 
-def wait_for_state(server: DaphneServer, run_id: str, state: str, timeout: float = 10) -> None:
+def wait_for_state(server: ProjectServer, run_id: str, state: str, timeout: float = 10) -> None:
     """Wait until the server records ``state`` for the run (another process: we can only ask)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -60,7 +60,7 @@ def wait_for_state(server: DaphneServer, run_id: str, state: str, timeout: float
         time.sleep(0.02)
 
 
-async def subscribe(server: DaphneServer, keys: list[str], **extra: Any):
+async def subscribe(server: ProjectServer, keys: list[str], **extra: Any):
     ws = await connect(server.ws_url, open_timeout=10)
     await ws.send(json.dumps({"type": "subscribe", "keys": keys, "client_id": "test", **extra}))
     return ws
@@ -72,7 +72,7 @@ async def receive_run(ws, timeout: float = 10) -> dict:
     return run
 
 
-async def fail_through_a_worker(server: DaphneServer, key: str) -> str:
+async def fail_through_a_worker(server: ProjectServer, key: str) -> str:
     """Take one run of ``key`` as a worker that reports outcomes, and report it failed."""
     ws = await subscribe(server, [key], reports_outcomes=True)
     try:
@@ -86,7 +86,7 @@ async def fail_through_a_worker(server: DaphneServer, key: str) -> str:
         await ws.close()
 
 
-async def read_in_order(server: DaphneServer, keys: list[str], count: int) -> list[str]:
+async def read_in_order(server: ProjectServer, keys: list[str], count: int) -> list[str]:
     ws = await subscribe(server, keys)
     try:
         return [(await receive_run(ws))["id"] for _ in range(count)]
@@ -94,7 +94,7 @@ async def read_in_order(server: DaphneServer, keys: list[str], count: int) -> li
         await ws.close()
 
 
-async def wait_for_deferred(server: DaphneServer, key: str) -> tuple[dict, Any]:
+async def wait_for_deferred(server: ProjectServer, key: str) -> tuple[dict, Any]:
     """The next run of ``key`` as a subscriber receives it, and when it arrived."""
     ws = await subscribe(server, [key])
     try:
@@ -106,7 +106,7 @@ async def wait_for_deferred(server: DaphneServer, key: str) -> tuple[dict, Any]:
 
 @pytest.mark.timeout(120)
 def test_runs_survive_sigkill_and_come_back_in_order(tmp_path):
-    server = DaphneServer(database=tmp_path / "db.sqlite3")
+    server = ProjectServer(database=tmp_path / "db.sqlite3")
     server.start()
     try:
         plain = [create(server, task_key="restore.a", dynamic_key=f"a{i}") for i in range(3)]

@@ -15,8 +15,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from project.servers import ProjectServer
 from taskqueue_app.management.commands.taskqueue_stats import CLEAR_SCREEN
-from taskqueue_app.testing import DaphneServer, free_port
+from taskqueue_app.testing import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +25,7 @@ TOKEN = "stats-s3cret"
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def api(server: DaphneServer, path: str, body: dict | None = None):
+def api(server: ProjectServer, path: str, body: dict | None = None):
     request = urllib.request.Request(
         f"{server.api_url}{path}",
         data=None if body is None else json.dumps(body).encode(),
@@ -37,7 +38,7 @@ def api(server: DaphneServer, path: str, body: dict | None = None):
 @pytest.fixture(scope="module")
 def server():
     """One server for the module, with a token, two keys holding runs."""
-    with DaphneServer(env={"TASKQUEUE_AUTH_TOKEN": TOKEN}) as running:
+    with ProjectServer(env={"TASKQUEUE_AUTH_TOKEN": TOKEN}) as running:
         for key, count in (("emails.send", 3), ("reports.build", 1)):
             for _ in range(count):
                 api(running, "/task_runs/", {"task_key": key})
@@ -109,7 +110,7 @@ def test_bad_options_are_named(args, message):
         stats(*args)
 
 
-def _command(server: DaphneServer, *args: str) -> list[str]:
+def _command(server: ProjectServer, *args: str) -> list[str]:
     url_args = ["--url", server.api_url, "--token", TOKEN]
     return [sys.executable, "manage.py", "taskqueue_stats", *url_args, *args]
 

@@ -12,10 +12,10 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
 from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient, override_settings
+from taskqueue_app.scheduler import scheduler
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import StateType, TaskRunRecord
-from taskqueue_app.scheduler import scheduler
 from taskqueue_app.schemas import isoformat, now
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
 from taskqueue_app.workers import registry

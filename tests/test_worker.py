@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from taskqueue_app.testing import DaphneServer
+from project.servers import ProjectServer
 from taskqueue_app.worker import TaskWorker, subscription_url, task_key_of
-from taskqueue_app.worker_cli import build_tasks, import_target
+from taskqueue_app.worker.cli import build_tasks, import_target
 from tests import worker_tasks
 from tests.worker_helpers import (
     create_run,
@@ -30,7 +30,7 @@ ECHO, DOUBLE, BOOM, NOT_JSON, SLOW = (
 @pytest.fixture(scope="module")
 def server():
     """One server for the tests that do not stop it; each test uses keys of its own runs."""
-    with DaphneServer() as running:
+    with ProjectServer() as running:
         yield running
 
 
@@ -164,7 +164,7 @@ def test_a_run_for_a_key_the_worker_does_not_serve_is_reported_not_fatal(server)
 
 @E2E
 def test_the_token_is_sent_and_a_wrong_one_stops_the_worker_with_a_clear_line():
-    with DaphneServer(env={"TASKQUEUE_AUTH_TOKEN": "s3cret"}) as server:
+    with ProjectServer(env={"TASKQUEUE_AUTH_TOKEN": "s3cret"}) as server:
         good = start_cli_worker(server, ECHO, token="s3cret")
         bad = start_cli_worker(server, ECHO, token="wrong")
         try:
@@ -181,7 +181,7 @@ def test_the_token_is_sent_and_a_wrong_one_stops_the_worker_with_a_clear_line():
 
 @E2E
 def test_the_worker_survives_a_server_restart_and_reports_what_it_was_running():
-    with DaphneServer() as server:
+    with ProjectServer() as server:
         worker = start_cli_worker(server, SLOW, ECHO)
         try:
             worker.wait_for("connected to ")

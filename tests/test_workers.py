@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
 from project.asgi import application
-from taskqueue_app import lifecycle
+from taskqueue_app import lifecycle, server
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun
 from taskqueue_app.task_queue import MultiQueue, TaskQueue
@@ -91,7 +91,7 @@ def test_runs_held_by_a_workers_connections_are_listed():
 
 @pytest.fixture
 async def started():
-    await lifecycle.ensure_started()
+    await server.ensure_started()
     yield
     await writer.flush()
 

@@ -16,7 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from taskqueue_app.testing import DaphneServer, end_process
+from project.servers import ProjectServer
+from taskqueue_app.testing import end_process
 
 ROOT = Path(__file__).resolve().parent.parent
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -95,7 +96,7 @@ class WorkerProcess:
         self._reader.join(5)
 
 
-def worker_env(server: DaphneServer, **extra: str) -> dict[str, str]:
+def worker_env(server: ProjectServer, **extra: str) -> dict[str, str]:
     """The environment of a process that talks to ``server`` (and shares its database)."""
     env = server.environ()
     env.update(extra)
@@ -103,7 +104,7 @@ def worker_env(server: DaphneServer, **extra: str) -> dict[str, str]:
 
 
 def start_cli_worker(
-    server: DaphneServer, *paths: str, limit: int = 10, token: str | None = None
+    server: ProjectServer, *paths: str, limit: int = 10, token: str | None = None
 ) -> WorkerProcess:
     """``python -m taskqueue_app.worker`` without Django, once it has subscribed."""
     env = worker_env(server)
@@ -116,13 +117,13 @@ def start_cli_worker(
     return worker
 
 
-def start_django_worker(server: DaphneServer, *paths: str, limit: int = 10) -> WorkerProcess:
+def start_django_worker(server: ProjectServer, *paths: str, limit: int = 10) -> WorkerProcess:
     """``manage.py taskworker`` with the server's settings and database."""
     args = [sys.executable, "manage.py", "taskworker", "--limit", str(limit), *paths]
     return WorkerProcess(args, worker_env(server))
 
 
-def api(server: DaphneServer, method: str, path: str, body: Any = None, token: str | None = None):
+def api(server: ProjectServer, method: str, path: str, body: Any = None, token: str | None = None):
     """(status, JSON) of one API request."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{server.api_url}/{path}", data=data, method=method)
@@ -136,7 +137,7 @@ def api(server: DaphneServer, method: str, path: str, body: Any = None, token: s
         return error.code, json.loads(error.read() or b"null")
 
 
-def create_run(server: DaphneServer, task_key: str, *args: Any, token: str | None = None, **extra):
+def create_run(server: ProjectServer, task_key: str, *args: Any, token: str | None = None, **extra):
     """Create a run over HTTP; its JSON."""
     body = {"task_key": task_key, "parameters": {"args": list(args), "kwargs": {}}, **extra}
     status, data = api(server, "POST", "task_runs/", body, token)
@@ -144,14 +145,14 @@ def create_run(server: DaphneServer, task_key: str, *args: Any, token: str | Non
     return data
 
 
-def read_run(server: DaphneServer, run_id: str, token: str | None = None) -> dict[str, Any]:
+def read_run(server: ProjectServer, run_id: str, token: str | None = None) -> dict[str, Any]:
     status, data = api(server, "GET", f"task_runs/{run_id}", token=token)
     assert status == 200, (status, data)
     return data
 
 
 def wait_for_state(
-    server: DaphneServer,
+    server: ProjectServer,
     run_id: str,
     states: set[str] | str = FINAL_STATES,
     timeout: float = 20.0,

@@ -31,10 +31,10 @@ RECORDS = "taskqueue_app_taskrunrecord"
 
 
 def server(tmp: Path, name: str = "ours"):
-    """A ``DaphneServer`` (not started) of the benchmark's project, on its own database file."""
-    from taskqueue_app.testing import DaphneServer
+    """A ``ProjectServer`` (not started) of the benchmark's project, on its own database file."""
+    from project.servers import ProjectServer
 
-    return DaphneServer(
+    return ProjectServer(
         settings="bench.peers.ours_settings",
         database=tmp / f"{name}.sqlite3",
         env={"DJANGO_DEBUG": "0"},

@@ -14,7 +14,7 @@ from django.utils.module_loading import autodiscover_modules
 from taskqueue_app.backend import TaskQueueBackend
 from taskqueue_app.conf import taskqueue_settings
 from taskqueue_app.tasks_compat import Task
-from taskqueue_app.worker_cli import build_tasks, configure_logging, make_worker, serve
+from taskqueue_app.worker.cli import build_tasks, configure_logging, make_worker, serve
 
 
 def _import_project_tasks() -> None:

@@ -10,10 +10,10 @@ from typing import Any
 from django.db import close_old_connections
 from django.utils import timezone
 
-from .backend import task_result
-from .models import StateType
-from .schemas import TaskRun, parse_datetime
-from .tasks_compat import (
+from ..results import task_result
+from ..schemas import TaskRun, parse_datetime
+from ..states import StateType
+from ..tasks_compat import (
     Task,
     TaskContext,
     TaskError,
@@ -22,8 +22,8 @@ from .tasks_compat import (
     task_finished,
     task_started,
 )
-from .worker import TaskWorker
-from .worker_support import error_of
+from .calls import error_of
+from .client import TaskWorker
 
 logger = logging.getLogger(__name__)
 

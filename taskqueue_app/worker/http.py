@@ -8,8 +8,8 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from .lifecycle import QueueFullError
-from .schemas import ValidationError
+from ..errors import QueueFull
+from ..schemas import ValidationError
 
 __all__ = ["EnqueueError", "post_run"]
 
@@ -50,7 +50,7 @@ def _drop(base: str) -> None:
 def post_run(base: str, body: dict[str, Any], token: str | None, timeout: float) -> dict:
     """Create a run at the server whose API base is ``base``; the created (or existing) run.
 
-    Raises ``QueueFullError`` (503), ``ValidationError`` (400, 413) or ``EnqueueError``.
+    Raises ``QueueFull`` (503), ``ValidationError`` (400, 413) or ``EnqueueError``.
     The body carries its own id and dynamic key, so resending it after a dropped kept-alive
     connection cannot create a second run.
     """
@@ -84,7 +84,7 @@ def post_run(base: str, body: dict[str, Any], token: str | None, timeout: float)
     message = data.get("error") if isinstance(data, dict) else None
     message = message or f"HTTP {status}"
     if status == 503:
-        raise QueueFullError(message)
+        raise QueueFull(message)
     if status in (400, 413):
         raise ValidationError(message)
     if status in (401, 403):

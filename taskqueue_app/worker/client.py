@@ -1,7 +1,7 @@
 """The worker client: dials out to the server over WebSocket, runs delivered runs, reports outcomes.
 
 Usable without a Django project: it imports nothing from Django, and ``python -m
-taskqueue_app.worker --url URL dotted.path ...`` runs one (see ``worker_cli``).
+taskqueue_app.worker --url URL dotted.path ...`` runs one (see ``worker.cli``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
-from .worker_support import (
+from .calls import (
     DEFAULT_MAX_MESSAGE_BYTES,
     OutcomeError,
     TaskCalls,
@@ -398,11 +398,3 @@ class TaskWorker(TaskCalls):
                 pass
         self._outbox.append(message)
 
-
-if __name__ == "__main__":
-    # ``python -m taskqueue_app.worker``: the argument parsing lives in worker_cli.
-    import sys
-
-    from taskqueue_app.worker_cli import main
-
-    sys.exit(main())

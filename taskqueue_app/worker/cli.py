@@ -16,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from .worker import TaskWorker, WorkerAuthError, task_key_of
+from .client import TaskWorker, WorkerAuthError, task_key_of
 
 __all__ = ["import_target", "build_tasks", "make_worker", "main", "serve"]
 

@@ -1,0 +1,163 @@
+"""The queue engine interface: where runs wait, who holds them, and what every server process
+shares. Every method is a coroutine, because one engine talks to Redis over the network.
+
+Runs are any objects with ``id``, ``task_key``, ``priority``, ``expected_start_time`` and
+``state_type`` (``schemas.TaskRun`` in the app); an engine keeps them as given and never changes
+their state: that is the lifecycle's job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from ..errors import QueueFull
+
+__all__ = ["LANES", "RETRY", "SCHEDULED", "Connection", "Held", "QueueFull", "Queues"]
+
+SCHEDULED = "scheduled"
+RETRY = "retry"
+LANES = (SCHEDULED, RETRY)
+
+
+class Held(NamedTuple):
+    """A run in a connection's hands, and which connection (the ``holder``) has it."""
+
+    holder: str
+    run: Any
+
+
+@dataclass
+class Connection:
+    """One subscribed worker connection, as every server process sees it."""
+
+    holder: str
+    client_id: str
+    task_keys: list[str]
+    connected_since: datetime
+    last_activity: datetime
+    held: list[Any] = field(default_factory=list)
+
+
+class Queues:
+    """Base class of the engines, chosen by ``TASKQUEUE["QUEUES"]["BACKEND"]``.
+
+    ``params`` is that dict (``BACKEND``, ``LOCATION``, ``OPTIONS``), as Django's ``CACHES``.
+    """
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        params = params or {}
+        self.location: str | None = params.get("LOCATION")
+        self.options: dict[str, Any] = dict(params.get("OPTIONS") or {})
+
+    # -- runs into lanes -------------------------------------------------------------------------
+
+    async def enqueue(self, run: Any, lane: str = SCHEDULED) -> None:
+        """Append a new run to its key's ``lane``; ``QueueFull`` at once when the lane is full.
+
+        A run whose ``expected_start_time`` is in the future waits, deferred, until then.
+        """
+        raise NotImplementedError
+
+    async def reserve(self, task_key: str, lane: str = SCHEDULED) -> None:
+        """Promise one slot of ``lane`` to a run being recorded, or raise ``QueueFull``.
+
+        The slot counts against the bound until ``admit(..., reserved=True)`` fills it or
+        ``unreserve`` gives it back, so a create that is refused stores nothing.
+        """
+        raise NotImplementedError
+
+    async def unreserve(self, task_key: str, lane: str = SCHEDULED) -> None:
+        """Give back a slot ``reserve`` promised (the record was not written)."""
+        raise NotImplementedError
+
+    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> None:
+        """Take in a run already accepted (recorded, restored, retried): it is never refused.
+
+        Deferred until ``expected_start_time``, then into the lane, or, while the lane is full,
+        into the lane's backlog, fed in FIFO order as room frees up. ``reserved`` fills a slot
+        ``reserve`` promised.
+        """
+        raise NotImplementedError
+
+    async def cancel(self, run_id: Any) -> Any | None:
+        """Take a waiting (queued, deferred or backlogged) run out; the run, or None."""
+        raise NotImplementedError
+
+    # -- delivery --------------------------------------------------------------------------------
+
+    async def claim(self, holder: str, keys: list[str]) -> Any:
+        """Wait, without polling, for the next run of ``keys`` and record it as held by
+        ``holder`` in the same step: keys in the order given, retry before scheduled, within a
+        lane higher ``priority`` first and FIFO among equals.
+
+        A claim cancelled while a run was being handed to it puts that run back, first in line.
+        """
+        raise NotImplementedError
+
+    async def hold(self, holder: str, run: Any) -> None:
+        """Record ``run`` as held by ``holder`` (replacing the copy it holds, e.g. once acked
+        or started); a run is held by one holder at a time."""
+        raise NotImplementedError
+
+    async def ack(self, holder: str, run_id: Any) -> Any | None:
+        """Forget that ``holder`` holds ``run_id``; the run it held, or None."""
+        raise NotImplementedError
+
+    async def release(self, holder: str) -> list[Any]:
+        """Put every run ``holder`` still holds back at the front of its key's retry lane (past
+        the bound if need be), in claim order; the runs."""
+        raise NotImplementedError
+
+    async def held(self, holder: str) -> list[Any]:
+        """The runs ``holder`` holds (sent, acked or started), oldest claim first."""
+        raise NotImplementedError
+
+    async def find_held(self, run_id: Any) -> Held | None:
+        """Which holder holds ``run_id`` now, and its copy; None if nobody does."""
+        raise NotImplementedError
+
+    # -- connected workers -----------------------------------------------------------------------
+
+    async def connect(self, holder: str, client_id: str, task_keys: list[str]) -> None:
+        """Record a worker connection that has just subscribed to ``task_keys``."""
+        raise NotImplementedError
+
+    async def touch(self, holder: str) -> None:
+        """Note activity (a delivery, an ack, an outcome) on a connection."""
+        raise NotImplementedError
+
+    async def disconnect(self, holder: str) -> None:
+        """Forget a connection (its runs are the lifecycle's to give back)."""
+        raise NotImplementedError
+
+    async def connections(self) -> list[Connection]:
+        """Every subscribed connection, with the runs each holds."""
+        raise NotImplementedError
+
+    # -- the site --------------------------------------------------------------------------------
+
+    async def configure(
+        self, task_key: str, scheduled_size: int | None = None, retry_size: int | None = None
+    ) -> None:
+        """Set the bounds of ``task_key``'s lanes (falsy: the default); applies at once."""
+        raise NotImplementedError
+
+    async def snapshot(self) -> list[dict[str, Any]]:
+        """One row per key, sorted by key, for dashboards and ``GET /api/task_queues/``:
+
+        ``task_key``, ``scheduled_size``, ``scheduled_limit``, ``retry_size``, ``retry_limit``,
+        ``configured``, ``workers`` (connections subscribed), ``held`` (runs in workers' hands),
+        ``running`` (of those, started), ``backlog`` (accepted runs waiting for room),
+        ``deferred`` (runs waiting for their start time), ``waiting_consumers``.
+        """
+        raise NotImplementedError
+
+    async def mark_restored(self) -> bool:
+        """True exactly once, for the caller that is to restore the recorded runs."""
+        raise NotImplementedError
+
+    async def reset(self) -> None:
+        """Forget every run, reservation, connection and configuration (a testing utility)."""
+        raise NotImplementedError

@@ -1,0 +1,167 @@
+"""The memory engine: every queue in this process's memory, built on ``task_queue``.
+
+The embedded default: nothing to run beside the server, and one server process per database
+(the queues live in that process). Not thread-safe, like the core: only the server's event loop
+calls it; other threads hand their calls to that loop.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ..states import StateType
+from ..task_queue import MultiQueue, TaskQueue
+from .base import LANES, RETRY, SCHEDULED, Connection, Held, QueueFull, Queues
+from .connections import WorkerConnections
+from .scheduler import Scheduler
+
+__all__ = ["MemoryQueues"]
+
+
+def _lane(lane: str) -> str:
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {', '.join(LANES)}, not {lane!r}")
+    return lane
+
+
+def _due_later(run: Any) -> bool:
+    due = run.expected_start_time
+    return due is not None and due > datetime.now(UTC)
+
+
+class MemoryQueues(Queues):
+    """``Queues`` in one process: ``TaskQueue`` lanes, a scheduler for deferred and backlogged
+    runs, reservations for creates in flight, and the connected workers."""
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self._reserved: dict[tuple[str, str], int] = {}
+        self._scheduler = Scheduler()
+        self._connections = WorkerConnections()
+
+    def _room(self, task_key: str, lane: str) -> int:
+        queue = TaskQueue.for_key(task_key)
+        room = queue.retry_room() if lane == RETRY else queue.scheduled_room()
+        return room - self._reserved.get((task_key, lane), 0)
+
+    def _full(self, task_key: str, lane: str) -> QueueFull:
+        return QueueFull(f"the {lane} queue of {task_key!r} is full")
+
+    # -- runs into lanes -------------------------------------------------------------------------
+
+    async def enqueue(self, run: Any, lane: str = SCHEDULED) -> None:
+        if _due_later(run):
+            self._scheduler.schedule(run, _lane(lane))
+            return
+        if self._room(run.task_key, _lane(lane)) <= 0:
+            raise self._full(run.task_key, lane)
+        self._scheduler.enqueue(run, lane)
+
+    async def reserve(self, task_key: str, lane: str = SCHEDULED) -> None:
+        if self._room(task_key, _lane(lane)) <= 0:
+            raise self._full(task_key, lane)
+        self._reserved[(task_key, lane)] = self._reserved.get((task_key, lane), 0) + 1
+
+    async def unreserve(self, task_key: str, lane: str = SCHEDULED) -> None:
+        self._unreserve(task_key, lane)
+
+    def _unreserve(self, task_key: str, lane: str) -> None:
+        count = self._reserved.get((task_key, lane), 0)
+        if count > 1:
+            self._reserved[(task_key, lane)] = count - 1
+        else:
+            self._reserved.pop((task_key, lane), None)
+
+    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> None:
+        if reserved:
+            self._unreserve(run.task_key, lane)
+        self._scheduler.schedule(run, _lane(lane))
+
+    async def cancel(self, run_id: Any) -> Any | None:
+        run = TaskQueue.remove(run_id)
+        return run if run is not None else self._scheduler.cancel(run_id)
+
+    # -- delivery --------------------------------------------------------------------------------
+
+    async def claim(self, holder: str, keys: list[str]) -> Any:
+        return await MultiQueue(keys).claim(holder)
+
+    async def hold(self, holder: str, run: Any) -> None:
+        TaskQueue.hold(holder, run)
+
+    async def ack(self, holder: str, run_id: Any) -> Any | None:
+        return TaskQueue.ack(holder, run_id)
+
+    async def release(self, holder: str) -> list[Any]:
+        return TaskQueue.release(holder)
+
+    async def held(self, holder: str) -> list[Any]:
+        return TaskQueue.held(holder)
+
+    async def find_held(self, run_id: Any) -> Held | None:
+        holder = TaskQueue.holder_of(run_id)
+        if holder is None:
+            return None
+        return Held(holder, TaskQueue.held_run(holder, run_id))
+
+    # -- connected workers -----------------------------------------------------------------------
+
+    async def connect(self, holder: str, client_id: str, task_keys: list[str]) -> None:
+        self._connections.connect(holder, client_id, task_keys)
+
+    async def touch(self, holder: str) -> None:
+        self._connections.touch(holder)
+
+    async def disconnect(self, holder: str) -> None:
+        self._connections.disconnect(holder)
+
+    async def connections(self) -> list[Connection]:
+        return [
+            Connection(
+                holder=c.connection_id,
+                client_id=c.client_id,
+                task_keys=list(c.task_keys),
+                connected_since=c.connected_since,
+                last_activity=c.last_activity,
+                held=TaskQueue.held(c.connection_id),
+            )
+            for c in self._connections.all()
+        ]
+
+    # -- the site --------------------------------------------------------------------------------
+
+    async def configure(
+        self, task_key: str, scheduled_size: int | None = None, retry_size: int | None = None
+    ) -> None:
+        TaskQueue.configure_task_key(task_key, scheduled_size, retry_size)
+
+    async def snapshot(self) -> list[dict[str, Any]]:
+        workers = self._connections.counts_per_key()
+        backlog = self._scheduler.backlog_per_key()
+        deferred = self._scheduler.deferred_per_key()
+        running: dict[str, int] = {}
+        for run in TaskQueue.held_runs():
+            if getattr(run, "state_type", None) == StateType.RUNNING:
+                running[run.task_key] = running.get(run.task_key, 0) + 1
+        rows = TaskQueue.snapshot(also={*backlog, *deferred})
+        for row in rows:
+            key = row["task_key"]
+            row["workers"] = workers.get(key, 0)
+            row["running"] = running.get(key, 0)
+            row["backlog"] = backlog.get(key, 0)
+            row["deferred"] = deferred.get(key, 0)
+        return rows
+
+    async def mark_restored(self) -> bool:
+        # The seed's own flag: one restore per process, which is per site for this engine.
+        if TaskQueue._scheduled_tasks_already_restored:
+            return False
+        TaskQueue._scheduled_tasks_already_restored = True
+        return True
+
+    async def reset(self) -> None:
+        TaskQueue.reset()
+        self._scheduler.reset()
+        self._connections.clear()
+        self._reserved.clear()
