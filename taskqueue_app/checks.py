@@ -141,7 +141,7 @@ def _check_queues(config: Any) -> list:
         return [
             _error(
                 f"TASKQUEUE['QUEUES'] has unknown keys: {', '.join(map(repr, unknown))}.",
-                f"Valid keys are {', '.join(QUEUES_FIELDS)}.",
+                f"Valid keys are {', '.join(QUEUES_FIELDS)}. {hint}",
                 9,
             )
         ]

@@ -4,12 +4,11 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from taskqueue_app.scheduler import scheduler
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
+from taskqueue_app.queues import get_queues
 from taskqueue_app.schemas import TaskRun, now
-from taskqueue_app.task_queue import MultiQueue, TaskQueue
 from taskqueue_app.workers import queue_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,29 +20,53 @@ def make_record(key: str, index: int, **fields) -> TaskRunRecord:
     return TaskRunRecord(**run.record_fields())
 
 
+async def row(key: str) -> dict:
+    """The engine's snapshot row of ``key`` (all zeros if it has none)."""
+    for entry in await get_queues().snapshot():
+        if entry["task_key"] == key:
+            return entry
+    return {"scheduled_size": 0, "retry_size": 0, "backlog": 0, "deferred": 0}
+
+
+async def queued(key: str) -> int:
+    """Runs waiting in both lanes of ``key`` (not deferred, not in the backlog)."""
+    entry = await row(key)
+    return entry["scheduled_size"] + entry["retry_size"]
+
+
+async def take(key: str, holder: str = "test") -> TaskRun:
+    """The next run of ``key``, waiting for it; claimed and acked, so nobody holds it after."""
+    run = await asyncio.wait_for(get_queues().claim(holder, [key]), 1)
+    assert await get_queues().ack(holder, run.id) is not None
+    return run
+
+
+async def take_now(key: str) -> TaskRun:
+    """The next run waiting in a lane of ``key`` right now (retry lane first)."""
+    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
+    return await take(key)
+
+
 async def test_restore_beyond_the_bound_feeds_the_rest_in_order():
-    TaskQueue.configure_task_key("k", scheduled_size=2)
+    await get_queues().configure("k", scheduled_size=2)
     records = [make_record("k", i) for i in range(5)]
     await TaskRunRecord.objects.abulk_create(records)
 
     assert await lifecycle.restore() == 5
-    queue = TaskQueue.for_key("k")
-    assert queue.qsize() == 2
-    assert scheduler.backlog_sizes() == {"k": 3}
-    (row,) = queue_rows()
-    assert (row["scheduled_size"], row["backlog"]) == (2, 3)
+    assert await queued("k") == 2
+    (only,) = await queue_rows()
+    assert (only["task_key"], only["scheduled_size"], only["backlog"]) == ("k", 2, 3)
 
-    multi = MultiQueue(["k"])
-    got = [await asyncio.wait_for(multi.get(), 1) for _ in records]
+    got = [await take("k") for _ in records]
     assert [run.id for run in got] == [record.id for record in records]
-    assert scheduler.backlog_sizes() == {}
+    assert all(entry["backlog"] == 0 for entry in await get_queues().snapshot())
 
 
 async def test_restore_happens_once_per_process():
     await TaskRunRecord.objects.abulk_create([make_record("k", 0)])
     assert await lifecycle.restore() == 1
     assert await lifecycle.restore() == 0
-    assert TaskQueue.for_key("k").qsize() == 1
+    assert await queued("k") == 1
 
 
 async def test_restore_puts_retries_in_the_retry_lane_and_defers_future_runs():
@@ -52,8 +75,12 @@ async def test_restore_puts_retries_in_the_retry_lane_and_defers_future_runs():
     later = make_record("k", 2, expected_start_time=now() + timedelta(hours=1))
     await TaskRunRecord.objects.abulk_create([plain, retry, later])
     await lifecycle.restore()
-    queue = TaskQueue.for_key("k")
-    assert queue.retry_room() == queue.retry_limit - 1
-    assert queue.get_nowait().id == retry.id
-    assert queue.get_nowait().id == plain.id
-    assert [run.id for run in scheduler.deferred_runs()] == [later.id]
+    entry = await row("k")
+    assert (entry["retry_size"], entry["scheduled_size"], entry["deferred"]) == (1, 1, 1)
+    assert (await take_now("k")).id == retry.id
+    assert (await take_now("k")).id == plain.id
+    # The only run left is the deferred one, waiting for its start time.
+    assert await queued("k") == 0
+    cancelled = await get_queues().cancel(later.id)
+    assert cancelled is not None and cancelled.id == later.id
+    assert (await row("k"))["deferred"] == 0

@@ -72,3 +72,28 @@ def test_check_is_registered_with_django():
     with override_settings(TASKQUEUE={"RETRY_QUEUE_SIZE": -5}):
         messages = checks.run_checks(tags=[checks.Tags.compatibility])
     assert "taskqueue_app.E004" in ids(messages)
+
+
+@pytest.mark.parametrize(
+    ("queues", "expected", "words"),
+    [
+        ("memory", "taskqueue_app.E009", "must be a dict with a 'BACKEND'"),
+        ({"LOCATION": "redis://x"}, "taskqueue_app.E009", "must be a dict with a 'BACKEND'"),
+        ({"BACKEND": "x.Y", "TIMEOUT": 3}, "taskqueue_app.E009", "unknown keys: 'TIMEOUT'"),
+        ({"BACKEND": "taskqueue_app.queues.memory.MemoryQueues", "OPTIONS": []}, "E009", "dict"),
+        ({"BACKEND": "nowhere.Queues"}, "taskqueue_app.E010", "cannot be imported"),
+        ({"BACKEND": "taskqueue_app.task_queue.TaskQueue"}, "E010", "not a subclass"),
+    ],
+)
+def test_a_wrong_queues_engine_is_an_error_with_a_hint(queues, expected, words):
+    with override_settings(TASKQUEUE={"QUEUES": queues}, DEBUG=True):
+        (message,) = check_settings()
+    assert message.id.endswith(expected)
+    assert words in message.msg
+    assert "MemoryQueues" in message.hint
+
+
+def test_the_memory_engine_named_explicitly_passes():
+    engine = {"BACKEND": "taskqueue_app.queues.memory.MemoryQueues", "OPTIONS": {}}
+    with override_settings(TASKQUEUE={"QUEUES": engine}, DEBUG=True):
+        assert check_settings() == []

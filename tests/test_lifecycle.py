@@ -7,13 +7,12 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from taskqueue_app.scheduler import scheduler
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
+from taskqueue_app.queues import RETRY, get_queues
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, TooLargeError, ValidationError, isoformat, now
-from taskqueue_app.task_queue import MultiQueue, TaskQueue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,7 +31,34 @@ async def recorded(run_id: uuid.UUID) -> TaskRunRecord:
 
 
 async def claim(key: str, holder: str = "conn") -> TaskRun:
-    return await asyncio.wait_for(MultiQueue([key]).claim(holder), timeout=5)
+    return await asyncio.wait_for(get_queues().claim(holder, [key]), timeout=5)
+
+
+async def row(key: str) -> dict:
+    """The engine's snapshot row of ``key`` (all zeros if it has none)."""
+    for entry in await get_queues().snapshot():
+        if entry["task_key"] == key:
+            return entry
+    return {"scheduled_size": 0, "retry_size": 0, "backlog": 0, "deferred": 0, "running": 0}
+
+
+async def queued(key: str) -> int:
+    """Runs waiting in both lanes of ``key`` (not deferred, not in the backlog)."""
+    entry = await row(key)
+    return entry["scheduled_size"] + entry["retry_size"]
+
+
+async def take(key: str, holder: str = "test") -> TaskRun:
+    """The next run of ``key``, waiting for it; claimed and acked, so nobody holds it after."""
+    run = await claim(key, holder)
+    assert await get_queues().ack(holder, run.id) is not None
+    return run
+
+
+async def take_now(key: str) -> TaskRun:
+    """The next run waiting in a lane of ``key`` right now (retry lane first)."""
+    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
+    return await take(key)
 
 
 # -- create and defer ------------------------------------------------------------------------------
@@ -43,7 +69,7 @@ async def test_create_records_durably_before_returning_and_queues():
     # Durable at return: no flush needed to see the record.
     record = await TaskRunRecord.objects.aget(pk=run.id)
     assert (record.state_type, record.parameters) == ("SCHEDULED", {"a": 1})
-    assert TaskQueue.for_key("k").get_nowait().id == run.id
+    assert (await take_now("k")).id == run.id
 
 
 async def test_create_refuses_bad_input_and_oversize_runs_storing_nothing():
@@ -69,7 +95,7 @@ async def test_a_bad_create_does_not_fail_the_others_in_its_batch():
 
 
 async def test_concurrent_creates_fill_the_lane_exactly_and_the_rest_are_refused():
-    TaskQueue.configure_task_key("small", scheduled_size=3)
+    await get_queues().configure("small", scheduled_size=3)
     results = await asyncio.gather(
         *(lifecycle.create({"task_key": "small"}) for _ in range(8)), return_exceptions=True
     )
@@ -77,30 +103,31 @@ async def test_concurrent_creates_fill_the_lane_exactly_and_the_rest_are_refused
     refused = [r for r in results if isinstance(r, lifecycle.QueueFullError)]
     assert (len(created), len(refused)) == (3, 5)
     assert await TaskRunRecord.objects.acount() == 3
-    assert TaskQueue.for_key("small").qsize() == 3
+    assert await queued("small") == 3
 
 
 async def test_deferred_runs_enter_their_queue_at_their_time_in_due_order():
     start = now()
     late = await make("d", expected_start_time=isoformat(start + timedelta(seconds=0.3)))
     early = await make("d", expected_start_time=isoformat(start + timedelta(seconds=0.15)))
-    queue = TaskQueue.for_key("d")
-    assert queue.qsize() == 0
-    assert [r.id for r in scheduler.deferred_runs()] == [early.id, late.id]
-    first = await asyncio.wait_for(queue.get(), timeout=5)
+    assert await queued("d") == 0
+    assert (await row("d"))["deferred"] == 2
+    first = await take("d")
     assert first.id == early.id and now() >= early.expected_start_time
-    second = await asyncio.wait_for(queue.get(), timeout=5)
+    second = await take("d")
     assert second.id == late.id and now() >= late.expected_start_time
-    assert scheduler.deferred_runs() == []
+    assert (await row("d"))["deferred"] == 0
 
 
 async def test_a_deferred_run_is_not_refused_by_a_full_lane_and_waits_for_room():
-    TaskQueue.configure_task_key("busy", scheduled_size=1)
+    await get_queues().configure("busy", scheduled_size=1)
     waiting = await make("busy")
     later = await make("busy", expected_start_time=isoformat(now() + timedelta(seconds=0.1)))
-    queue = TaskQueue.for_key("busy")
     # Due while the lane is full: it waits in the backlog, then follows once there is room.
-    got = [await asyncio.wait_for(queue.get(), 5), await asyncio.wait_for(queue.get(), 5)]
+    await asyncio.sleep(0.3)  # past its start time, with the lane still full
+    entry = await row("busy")
+    assert (entry["scheduled_size"], entry["deferred"], entry["backlog"]) == (1, 0, 1)
+    got = [await take("busy"), await take("busy")]
     assert [r.id for r in got] == [waiting.id, later.id]
 
 
@@ -113,12 +140,12 @@ async def test_ack_without_watch_hands_the_run_over():
     assert held.id == run.id
     pending = await lifecycle.acknowledge("c1", run.id, "worker-1", watch=False)
     assert (pending.state_type, pending.worker) == ("PENDING", "worker-1")
-    assert TaskQueue.held("c1") == []
+    assert await get_queues().held("c1") == []
     record = await recorded(run.id)
     assert (record.state_type, record.worker) == ("PENDING", "worker-1")
     # The connection closing gives nothing back: Prefect's rule.
     await lifecycle.disconnect("c1")
-    assert TaskQueue.for_key("k").qsize() == 0
+    assert await queued("k") == 0
 
 
 async def test_ack_of_a_run_not_held_is_ignored():
@@ -131,9 +158,13 @@ async def test_start_then_complete_records_the_result_and_the_attempt():
     await lifecycle.acknowledge("c1", run.id, "w1", watch=True)
     running = await lifecycle.start("c1", run.id, "w1")
     assert (running.state_type, running.run_count) == ("RUNNING", 1)
-    assert TaskQueue.held("c1") == []
+    # Started: the connection holds the RUNNING copy only (it crashes it if it vanishes).
+    assert [(r.id, r.state_type) for r in await get_queues().held("c1")] == [(run.id, "RUNNING")]
+    assert (await row("k"))["running"] == 1
     done = await lifecycle.complete("c1", run.id, {"ok": True})
     assert done.state_type == "COMPLETED"
+    assert await get_queues().held("c1") == []
+    assert (await row("k"))["running"] == 0
     record = await recorded(run.id)
     assert (record.state_type, record.result, record.run_count) == ("COMPLETED", {"ok": True}, 1)
     assert record.started is not None and record.finished is not None
@@ -145,17 +176,17 @@ async def test_start_then_complete_records_the_result_and_the_attempt():
 
 async def test_fail_with_retries_comes_back_after_the_delay_then_fails_for_good():
     run = await make("f", empirical_policy={"retries": 1, "retry_delay_seconds": 0.15})
-    queue = TaskQueue.for_key("f")
     await claim("f", "c1")
     await lifecycle.start("c1", run.id, "w1")
     later = await lifecycle.fail("c1", run.id, BOOM)
     assert (later.state_type, later.state_name) == ("SCHEDULED", "AwaitingRetry")
     assert later.expected_start_time >= now() + timedelta(seconds=0.1)
-    assert queue.qsize() == 0  # not before its delay
+    assert await queued("f") == 0  # not before its delay
+    assert (await row("f"))["deferred"] == 1
     record = await recorded(run.id)
     assert (record.state_name, record.error) == ("AwaitingRetry", BOOM)
 
-    again = await asyncio.wait_for(MultiQueue(["f"]).claim("c2"), timeout=5)
+    again = await claim("f", "c2")
     assert again.id == run.id and again.is_retry
     assert now() >= later.expected_start_time
     await lifecycle.start("c2", run.id, "w1")
@@ -163,7 +194,7 @@ async def test_fail_with_retries_comes_back_after_the_delay_then_fails_for_good(
     assert (final.state_type, final.run_count) == ("FAILED", 2)
     record = await recorded(run.id)
     assert (record.state_type, record.run_count) == ("FAILED", 2)
-    assert queue.qsize() == 0 and scheduler.deferred_runs() == []
+    assert await queued("f") == 0 and (await row("f"))["deferred"] == 0
 
 
 async def test_fail_without_retries_is_final():
@@ -180,9 +211,10 @@ async def test_a_closed_connection_gives_back_unacked_and_unstarted_runs_first_i
     await lifecycle.acknowledge("c1", second.id, "w1", watch=True)  # acked, never started
     assert (await recorded(second.id)).state_type == "PENDING"
     await lifecycle.disconnect("c1")
-    queue = TaskQueue.for_key("k")
     # Back at the front of the retry lane, in claim order, ahead of the third run.
-    assert [queue.get_nowait().id for _ in range(3)] == [first.id, second.id, third.id]
+    entry = await row("k")
+    assert (entry["retry_size"], entry["scheduled_size"]) == (2, 1)
+    assert [(await take_now("k")).id for _ in range(3)] == [first.id, second.id, third.id]
     assert (await recorded(second.id)).state_type == "SCHEDULED"
 
 
@@ -197,7 +229,7 @@ async def test_a_closed_connection_crashes_its_started_runs_retrying_those_with_
     assert (crashed.state_type, crashed.error["type"]) == ("CRASHED", "Crashed")
     retried = await recorded(twice.id)
     assert (retried.state_type, retried.state_name) == ("SCHEDULED", "AwaitingRetry")
-    back = await asyncio.wait_for(TaskQueue.for_key("c").get(), timeout=5)
+    back = await take("c")
     assert back.id == twice.id and back.is_retry
 
 
@@ -229,9 +261,8 @@ async def test_hand_retry_of_a_finished_run_puts_it_in_the_retry_lane():
     assert (again.state_type, again.state_name) == ("SCHEDULED", "AwaitingRetry")
     record = await TaskRunRecord.objects.aget(pk=run.id)  # durable before retry() returned
     assert (record.state_name, record.finished) == ("AwaitingRetry", None)
-    queue = TaskQueue.for_key("k")
-    assert queue.retry_room() == queue.retry_limit - 1
-    assert queue.get_nowait().id == run.id
+    assert (await row("k"))["retry_size"] == 1
+    assert (await take_now("k")).id == run.id
 
 
 async def test_hand_retry_unknown_unfinished_and_full():
@@ -240,8 +271,9 @@ async def test_hand_retry_unknown_unfinished_and_full():
     with pytest.raises(lifecycle.NotFinishedError, match="is SCHEDULED, not finished"):
         await lifecycle.retry(waiting.id)
     run = await failed("full")
-    TaskQueue.configure_task_key("full", retry_size=1)
-    TaskQueue.for_key("full").retry_nowait(TaskQueue.for_key("other").get_nowait())
+    await get_queues().configure("full", retry_size=1)
+    # Any run fills the lane.
+    await get_queues().enqueue(TaskRun(task_key="full", dynamic_key="filler", name="f"), RETRY)
     with pytest.raises(lifecycle.QueueFullError, match="the retry queue of 'full' is full"):
         await lifecycle.retry(run.id)
     assert (await recorded(run.id)).state_type == "FAILED"
@@ -254,4 +286,4 @@ async def test_two_racing_hand_retries_queue_the_run_once():
     )
     assert sum(isinstance(r, TaskRun) for r in results) == 1
     assert sum(isinstance(r, lifecycle.NotFinishedError) for r in results) == 1
-    assert TaskQueue.for_key("k").qsize() == 1
+    assert await queued("k") == 1

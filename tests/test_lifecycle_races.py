@@ -11,8 +11,8 @@ from django.db import connection
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
+from taskqueue_app.queues import get_queues
 from taskqueue_app.records import writer
-from taskqueue_app.task_queue import MultiQueue, TaskQueue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,9 +24,29 @@ async def recorded(run_id: uuid.UUID) -> TaskRunRecord:
     return await TaskRunRecord.objects.aget(pk=run_id)
 
 
+async def claim(key: str, holder: str):
+    return await asyncio.wait_for(get_queues().claim(holder, [key]), 5)
+
+
+async def queued(key: str) -> int:
+    """Runs waiting in both lanes of ``key``, from the engine's snapshot."""
+    for entry in await get_queues().snapshot():
+        if entry["task_key"] == key:
+            return entry["scheduled_size"] + entry["retry_size"]
+    return 0
+
+
+async def take_now(key: str):
+    """The next run waiting in a lane of ``key`` right now; claimed and acked, so out."""
+    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
+    run = await claim(key, "test")
+    assert await get_queues().ack("test", run.id) is not None
+    return run
+
+
 async def started_by(holder: str, client_id: str, key: str = "k", **fields):
     run, _ = await lifecycle.create({"task_key": key, **fields})
-    await asyncio.wait_for(MultiQueue([key]).claim(holder), 5)
+    await claim(key, holder)
     await lifecycle.acknowledge(holder, run.id, client_id, watch=True)
     await lifecycle.start(holder, run.id, client_id)
     return run
@@ -40,11 +60,11 @@ async def test_a_create_cancelled_mid_insert_still_queues_what_it_stored():
         await creating
     await writer.flush()
     record = await TaskRunRecord.objects.aget(dynamic_key="d")
-    assert TaskQueue.for_key("k").get_nowait().id == record.id
+    assert (await take_now("k")).id == record.id
     # The producer tries again: the same run, queued once.
     again, created = await lifecycle.create({"task_key": "k", "dynamic_key": "d"})
     assert (again.id, created) == (record.id, False)
-    assert TaskQueue.for_key("k").qsize() == 0
+    assert await queued("k") == 0
 
 
 def _rename_table(old: str, new: str) -> None:
@@ -54,7 +74,11 @@ def _rename_table(old: str, new: str) -> None:
 
 async def test_a_failed_restore_is_tried_again():
     run, _ = await lifecycle.create({"task_key": "k"})
-    lifecycle.reset()  # a new process: the run is only in the records now
+    # A new process: the run is only in the records now.
+    lifecycle.reset()
+    writer.reset()
+    await get_queues().reset()
+    assert await queued("k") == 0
     table = TaskRunRecord._meta.db_table
     await sync_to_async(_rename_table)(table, "moved_away")  # the read fails, as a locked DB would
     try:
@@ -63,14 +87,14 @@ async def test_a_failed_restore_is_tried_again():
     finally:
         await sync_to_async(_rename_table)("moved_away", table)
     assert await lifecycle.restore() == 1
-    assert TaskQueue.for_key("k").get_nowait().id == run.id
+    assert (await take_now("k")).id == run.id
 
 
 async def test_a_stale_failure_cannot_requeue_a_run_another_worker_is_running():
     run, _ = await lifecycle.create({"task_key": "k", "empirical_policy": {"retries": 2}})
-    await asyncio.wait_for(MultiQueue(["k"]).claim("c1"), 5)
-    TaskQueue.release("c1")  # c1's connection dropped before its ack arrived
-    await asyncio.wait_for(MultiQueue(["k"]).claim("c2"), 5)
+    await claim("k", "c1")
+    await get_queues().release("c1")  # c1's connection dropped before its ack arrived
+    await claim("k", "c2")
     await lifecycle.acknowledge("c2", run.id, "w2", watch=True)
     await lifecycle.start("c2", run.id, "w2")
     # w1 reconnects as c3 and reports a failure for the run it never really had.
@@ -78,15 +102,15 @@ async def test_a_stale_failure_cannot_requeue_a_run_another_worker_is_running():
     assert await lifecycle.complete("c3", run.id, 1, "w1") is None
     record = await recorded(run.id)
     assert (record.state_type, record.worker) == ("RUNNING", "w2")
-    assert TaskQueue.for_key("k").qsize() == 0
+    assert await queued("k") == 0
     assert (await lifecycle.complete("c2", run.id, 42, "w2")).state_type == "COMPLETED"
 
 
 async def test_an_ack_of_a_copy_settled_elsewhere_keeps_the_record():
     run, _ = await lifecycle.create({"task_key": "k"})
-    await asyncio.wait_for(MultiQueue(["k"]).claim("c1"), 5)
+    await claim("k", "c1")
     await lifecycle.disconnect("c1")  # dropped before its ack arrived: the run goes back
-    copy = await asyncio.wait_for(MultiQueue(["k"]).claim("c2"), 5)  # sent to another worker
+    copy = await claim("k", "c2")  # sent to another worker
     assert copy.id == run.id
     # The first worker did run it, and reports from a new connection: accepted.
     assert (await lifecycle.complete("c3", run.id, 7, "w1")).state_type == "COMPLETED"
@@ -94,7 +118,7 @@ async def test_an_ack_of_a_copy_settled_elsewhere_keeps_the_record():
     assert await lifecycle.acknowledge("c2", run.id, "w2", watch=True) is None
     record = await recorded(run.id)
     assert (record.state_type, record.result) == ("COMPLETED", 7)
-    assert TaskQueue.held("c2") == []
+    assert await get_queues().held("c2") == []
 
 
 async def test_a_late_outcome_of_a_crashed_run_counts_only_from_its_worker():

@@ -16,6 +16,7 @@ _ids = itertools.count(1)
 class Run:
     task_key: str
     id: int = field(default_factory=lambda: next(_ids))
+    priority: int = 0
 
 
 def timers(loop: asyncio.AbstractEventLoop) -> int:
@@ -393,3 +394,72 @@ async def test_snapshot_reports_sizes_limits_config_and_held():
     assert rows["configured.only"]["configured"] is True
     # Reading the snapshot does not create queues.
     assert "configured.only" not in TaskQueue._task_queues
+
+
+# -- priority, atomic claims, removal ------------------------------------------------------------
+
+
+def test_priority_orders_a_lane_higher_first_fifo_among_equals():
+    queue = TaskQueue.for_key("k")
+    runs = [Run("k", priority=p) for p in (0, 3, 0, -1, 3, 10)]
+    for run in runs:
+        queue.put_nowait(run)
+    got = [queue.get_nowait() for _ in runs]
+    assert got == sorted(runs, key=lambda run: -run.priority)
+
+
+def test_a_run_without_a_priority_attribute_counts_as_zero():
+    @dataclass(frozen=True)
+    class Bare:
+        task_key: str
+        id: int
+
+    queue = TaskQueue.for_key("k")
+    bare, urgent = Bare("k", 1), Run("k", priority=1)
+    queue.put_nowait(bare)
+    queue.put_nowait(urgent)
+    assert [queue.get_nowait(), queue.get_nowait()] == [urgent, bare]
+
+
+async def test_a_released_run_goes_first_among_its_priority_behind_higher_ones():
+    queue = TaskQueue.for_key("k")
+    held = Run("k")
+    queue.put_nowait(held)
+    assert await MultiQueue(["k"]).claim("c1") is held
+    urgent, plain = Run("k", priority=5), Run("k")
+    queue.retry_nowait(urgent)
+    queue.retry_nowait(plain)
+    TaskQueue.release("c1")
+    assert [queue.get_nowait() for _ in range(3)] == [urgent, held, plain]
+
+
+async def test_a_waiting_claim_is_recorded_before_the_claimer_resumes():
+    claim = asyncio.ensure_future(MultiQueue(["k"]).claim("c1"))
+    await until_waiting("k")
+    run = Run("k")
+    TaskQueue.for_key("k").put_nowait(run)
+    assert not claim.done()
+    assert TaskQueue.held("c1") == [run]
+    assert TaskQueue.holder_of(run.id) == "c1"
+    assert await claim is run
+
+
+async def test_holding_a_run_moves_it_from_its_previous_holder():
+    run = Run("k")
+    TaskQueue.hold("c1", run)
+    TaskQueue.hold("c2", run)
+    assert TaskQueue.held("c1") == []
+    assert TaskQueue.holder_of(run.id) == "c2"
+    assert TaskQueue.release("c2") == [run]
+    assert TaskQueue.holder_of(run.id) is None
+
+
+def test_remove_takes_a_waiting_run_out_and_frees_its_slot():
+    TaskQueue.configure_task_key("k", scheduled_size=1)
+    queue = TaskQueue.for_key("k")
+    run = Run("k")
+    queue.put_nowait(run)
+    assert TaskQueue.remove(run.id) is run
+    assert TaskQueue.remove(run.id) is None
+    queue.put_nowait(Run("k"))  # the slot is free again
+    assert queue.qsize() == 1

@@ -12,13 +12,11 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
 from django.core.handlers.asgi import ASGIHandler
 from django.test import AsyncClient, override_settings
-from taskqueue_app.scheduler import scheduler
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import StateType, TaskRunRecord
-from taskqueue_app.schemas import isoformat, now
-from taskqueue_app.task_queue import MultiQueue, TaskQueue
-from taskqueue_app.workers import registry
+from taskqueue_app.queues import RETRY, get_queues
+from taskqueue_app.schemas import TaskRun, isoformat, now
 
 RUNS = "/api/task_runs/"
 QUEUES = "/api/task_queues/"
@@ -43,8 +41,35 @@ async def record_count(**filters) -> int:
     return await TaskRunRecord.objects.filter(**filters).acount()
 
 
-def queued(key: str) -> int:
-    return TaskQueue.for_key(key).qsize()
+async def row(key: str) -> dict:
+    """The engine's snapshot row of ``key`` (all zeros if it has none)."""
+    for entry in await get_queues().snapshot():
+        if entry["task_key"] == key:
+            return entry
+    return {"scheduled_size": 0, "retry_size": 0, "backlog": 0, "deferred": 0}
+
+
+async def queued(key: str) -> int:
+    """Runs waiting in both lanes of ``key`` (not deferred, not in the backlog)."""
+    entry = await row(key)
+    return entry["scheduled_size"] + entry["retry_size"]
+
+
+async def claim(key: str, holder: str) -> TaskRun:
+    return await asyncio.wait_for(get_queues().claim(holder, [key]), 5)
+
+
+async def take(key: str, holder: str = "test") -> TaskRun:
+    """The next run of ``key``, waiting for it; claimed and acked, so nobody holds it after."""
+    run = await claim(key, holder)
+    assert await get_queues().ack(holder, run.id) is not None
+    return run
+
+
+async def take_now(key: str) -> TaskRun:
+    """The next run waiting in a lane of ``key`` right now (retry lane first)."""
+    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
+    return await take(key)
 
 
 async def raw_asgi(method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]):
@@ -110,7 +135,7 @@ async def test_create_answers_201_with_the_run_records_it_and_queues_it(client):
     assert run["empirical_policy"] == {"retries": 2, "retry_delay_seconds": 0.5}
     assert run["created"].endswith("Z")
     assert await record_count(pk=run["id"], state_type="SCHEDULED") == 1
-    assert str(TaskQueue.for_key("emails.send").get_nowait().id) == run["id"]
+    assert str((await take_now("emails.send")).id) == run["id"]
 
 
 @db
@@ -122,7 +147,7 @@ async def test_same_dynamic_key_again_answers_200_with_the_existing_run_queued_o
     assert second.json()["id"] == first.json()["id"]
     assert second.json()["parameters"] == {"x": 1}
     assert await record_count() == 1
-    assert queued("k") == 1
+    assert await queued("k") == 1
 
 
 @db
@@ -132,7 +157,7 @@ async def test_two_racing_creates_with_one_dynamic_key_give_one_run(client):
     assert sorted([one.status_code, two.status_code]) == [200, 201]
     assert one.json()["id"] == two.json()["id"]
     assert await record_count() == 1
-    assert queued("race") == 1
+    assert await queued("race") == 1
 
 
 @db
@@ -152,7 +177,7 @@ async def test_a_body_without_content_type_is_415_and_stores_nothing():
     assert status == 415
     assert body == {"error": "Content-Type must be application/json; none was sent"}
     assert await TaskRunRecord.objects.acount() == 0
-    assert TaskQueue.for_key("k").qsize() == 0
+    assert await queued("k") == 0
 
 
 @pytest.mark.parametrize(
@@ -188,7 +213,40 @@ async def test_bad_input_is_400_naming_the_problem_and_stores_nothing(client, bo
     assert response.status_code == 400
     assert message in response.json()["error"]
     assert await record_count() == 0
-    assert TaskQueue.snapshot() == [] or all(r["scheduled_size"] == 0 for r in TaskQueue.snapshot())
+    assert all(
+        (r["scheduled_size"], r["retry_size"], r["backlog"], r["deferred"]) == (0, 0, 0, 0)
+        for r in await get_queues().snapshot()
+    )
+
+
+@pytest.mark.parametrize("priority", [-100, 0, 7, 100])
+@db
+async def test_a_priority_round_trips_in_the_run(client, priority):
+    response = await post(client, RUNS, {"task_key": "p", "priority": priority})
+    assert response.status_code == 201, response.content
+    assert response.json()["priority"] == priority
+    # Recorded and queued with it, too.
+    read = await client.get(f"{RUNS}{response.json()['id']}")
+    assert read.json()["priority"] == priority
+    assert (await take_now("p")).priority == priority
+
+
+@pytest.mark.parametrize(
+    ("priority", "message"),
+    [
+        (101, "priority must be from -100 to 100, not 101"),
+        (-101, "priority must be from -100 to 100, not -101"),
+        ("high", "priority must be an integer from -100 to 100"),
+        (True, "priority must be an integer from -100 to 100"),
+        (1.5, "priority must be an integer from -100 to 100"),
+    ],
+)
+@db
+async def test_a_wrong_priority_is_400_naming_it_and_stores_nothing(client, priority, message):
+    response = await post(client, RUNS, {"task_key": "p", "priority": priority})
+    assert (response.status_code, response.json()) == (400, {"error": message})
+    assert await record_count() == 0
+    assert await queued("p") == 0
 
 
 @db
@@ -240,18 +298,18 @@ async def test_malformed_content_length_is_400():
 
 @db
 async def test_full_scheduled_queue_is_503_with_retry_after_and_leaves_nothing(client):
-    TaskQueue.configure_task_key("small", scheduled_size=1)
+    await get_queues().configure("small", scheduled_size=1)
     assert (await post(client, RUNS, {"task_key": "small", "dynamic_key": "a"})).status_code == 201
     response = await post(client, RUNS, {"task_key": "small", "dynamic_key": "b"})
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
     assert response.json() == {"error": "the scheduled queue of 'small' is full; try again later"}
     assert await record_count() == 1
-    assert queued("small") == 1
+    assert await queued("small") == 1
     # An existing run is still found while the queue is full: that is not a new run.
     again = await post(client, RUNS, {"task_key": "small", "dynamic_key": "a"})
     assert again.status_code == 200
-    assert queued("small") == 1
+    assert await queued("small") == 1
 
 
 @db
@@ -262,13 +320,12 @@ async def test_future_start_time_defers_the_run_until_then(client):
     )
     assert response.status_code == 201
     assert response.json()["expected_start_time"] == isoformat(due)
-    queue = TaskQueue.for_key("later")
-    assert queue.qsize() == 0
-    assert [str(r.id) for r in scheduler.deferred_runs()] == [response.json()["id"]]
-    run = await asyncio.wait_for(queue.get(), timeout=5)
+    assert await queued("later") == 0
+    assert (await row("later"))["deferred"] == 1
+    run = await take("later")
     assert str(run.id) == response.json()["id"]
     assert now() >= due
-    assert scheduler.deferred_runs() == []
+    assert (await row("later"))["deferred"] == 0
 
 
 # -- GET /api/task_runs/<id> ----------------------------------------------------------------------
@@ -298,7 +355,7 @@ async def test_read_a_run_200_unknown_404_malformed_400(client):
 @db
 async def test_read_shows_the_result_of_a_finished_run(client):
     created = (await post(client, RUNS, {"task_key": "k"})).json()
-    run = await MultiQueue(["k"]).claim("conn-1")
+    run = await claim("k", "conn-1")
     await lifecycle.start("conn-1", run.id, "worker-1")
     await lifecycle.complete("conn-1", run.id, {"answer": 42})
     body = (await client.get(f"{RUNS}{created['id']}")).json()
@@ -312,7 +369,7 @@ async def test_read_shows_the_result_of_a_finished_run(client):
 
 async def failed_run(client: AsyncClient, key: str) -> str:
     created = (await post(client, RUNS, {"task_key": key})).json()
-    run = await MultiQueue([key]).claim("conn")
+    run = await claim(key, "conn")
     await lifecycle.start("conn", run.id, "w")
     failed = await lifecycle.fail("conn", run.id, {"type": "ValueError", "message": "boom"})
     assert failed.state_type == StateType.FAILED
@@ -328,9 +385,8 @@ async def test_retry_a_failed_run_puts_it_in_the_retry_lane(client):
         "SCHEDULED",
         "AwaitingRetry",
     )
-    queue = TaskQueue.for_key("r")
-    assert queue.retry_room() == queue.retry_limit - 1
-    assert str(queue.get_nowait().id) == run_id
+    assert (await row("r"))["retry_size"] == 1
+    assert str((await take_now("r")).id) == run_id
     assert await record_count(pk=run_id, state_name="AwaitingRetry") == 1
 
 
@@ -357,16 +413,16 @@ async def test_retry_unknown_404_unfinished_409_malformed_400(client):
 @db
 async def test_retry_into_a_full_retry_lane_is_503_and_changes_nothing(client):
     run_id = await failed_run(client, "full")
-    TaskQueue.configure_task_key("full", retry_size=1)
-    queue = TaskQueue.for_key("full")
-    other = (await post(client, RUNS, {"task_key": "other"})).json()
-    queue.retry_nowait(await MultiQueue(["other"]).get())  # any run fills the lane
+    await get_queues().configure("full", retry_size=1)
+    filler = TaskRun(task_key="full", dynamic_key="filler", name="filler")
+    await get_queues().enqueue(filler, RETRY)  # any run fills the lane
     response = await client.post(f"{RUNS}{run_id}/retry", "", content_type="")
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
     assert response.json() == {"error": "the retry queue of 'full' is full; try again later"}
     assert await record_count(pk=run_id, state_type="FAILED") == 1
-    assert str(queue.get_nowait().id) == other["id"]
+    assert (await row("full"))["retry_size"] == 1
+    assert (await take_now("full")).id == filler.id
 
 
 # -- GET /api/task_queues/ and POST /api/task_workers/filter ------------------------------
@@ -374,10 +430,10 @@ async def test_retry_into_a_full_retry_lane_is_503_and_changes_nothing(client):
 
 @db
 async def test_task_queues_lists_each_key_with_sizes_limits_and_workers(client):
-    TaskQueue.configure_task_key("b", scheduled_size=5, retry_size=2)
+    await get_queues().configure("b", scheduled_size=5, retry_size=2)
     await post(client, RUNS, {"task_key": "a"})
-    registry.connect("c1", "worker-1", ["a", "b"])
-    registry.connect("c2", "worker-2", ["a"])
+    await get_queues().connect("c1", "worker-1", ["a", "b"])
+    await get_queues().connect("c2", "worker-2", ["a"])
     response = await client.get(QUEUES)
     assert response.status_code == 200
     rows = {row["task_key"]: row for row in response.json()}
@@ -405,8 +461,8 @@ async def test_task_queues_lists_each_key_with_sizes_limits_and_workers(client):
 
 
 async def test_workers_filter_lists_all_or_those_of_the_keys(client):
-    registry.connect("c1", "worker-1", ["a", "b"])
-    registry.connect("c2", "worker-2", ["c"])
+    await get_queues().connect("c1", "worker-1", ["a", "b"])
+    await get_queues().connect("c2", "worker-2", ["c"])
     everyone = await post(client, WORKERS, {})
     assert everyone.status_code == 200
     assert [w["identifier"] for w in everyone.json()] == ["worker-1", "worker-2"]
@@ -595,7 +651,7 @@ async def test_a_database_that_refuses_the_insert_is_503_and_nothing_is_queued(c
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
     assert response.json()["error"].startswith("the run could not be recorded (")
-    assert queued("k") == 0
+    assert await queued("k") == 0
     # The writer keeps going: the next run is accepted.
     assert (await post(client, RUNS, {"task_key": "k"})).status_code == 201
 
@@ -615,4 +671,4 @@ async def test_an_id_that_belongs_to_another_run_is_409(client):
             "error": f"id {run_id} belongs to another run (task_key 'a', dynamic_key 'one')"
         }
     assert await record_count() == 1
-    assert queued("a") == 1 and queued("b") == 0
+    assert await queued("a") == 1 and await queued("b") == 0

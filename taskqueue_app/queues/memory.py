@@ -144,7 +144,7 @@ class MemoryQueues(Queues):
         for run in TaskQueue.held_runs():
             if getattr(run, "state_type", None) == StateType.RUNNING:
                 running[run.task_key] = running.get(run.task_key, 0) + 1
-        rows = TaskQueue.snapshot(also={*backlog, *deferred})
+        rows = TaskQueue.snapshot(also={*backlog, *deferred, *workers})
         for row in rows:
             key = row["task_key"]
             row["workers"] = workers.get(key, 0)

@@ -26,6 +26,7 @@ __all__ = [
     "TaskCalls",
     "WorkerAuthError",
     "backoff_delay",
+    "check_auth_reply",
     "describe_failure",
     "install_signal_handlers",
     "error_of",
@@ -107,6 +108,19 @@ def error_of(exc: BaseException) -> dict[str, Any]:
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
     }
+
+
+def check_auth_reply(raw: str | bytes) -> None:
+    """Accept the server's answer to ``auth``: ``auth_success``, or raise why not.
+
+    Not JSON (a proxy answering, say) is a ``ConnectionError``: reconnect and try again.
+    """
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        raise ConnectionError(f"the reply to auth is not JSON: {raw!r:.200}") from None
+    if not isinstance(reply, dict) or reply.get("type") != "auth_success":
+        raise WorkerAuthError(f"unexpected reply to auth: {reply!r}")
 
 
 class OutcomeError(Exception):

@@ -30,6 +30,7 @@ from .calls import (
     TaskCalls,
     WorkerAuthError,
     backoff_delay,
+    check_auth_reply,
     describe_failure,
     error_of,
     install_signal_handlers,
@@ -245,26 +246,10 @@ class TaskWorker(TaskCalls):
     async def _handshake(self, ws: ClientConnection) -> None:
         """Authenticate (token may be null when the server asks none), then subscribe."""
         await ws.send(json.dumps({"type": "auth", "token": self.token}))
-        raw = await ws.recv()
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            # A server (or a proxy) answering with something else: reconnect and try again.
-            raise ConnectionError(f"the reply to auth is not JSON: {raw!r:.200}") from None
-        if not isinstance(reply, dict) or reply.get("type") != "auth_success":
-            raise WorkerAuthError(f"unexpected reply to auth: {reply!r}")
+        check_auth_reply(await ws.recv())
         prefetch = max(1, min(MAX_PREFETCH, self.limit - len(self._running)))
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "subscribe",
-                    "keys": self.keys,
-                    "client_id": self.client_id,
-                    "prefetch": prefetch,
-                    "reports_outcomes": True,
-                }
-            )
-        )
+        subscribe = {"type": "subscribe", "keys": self.keys, "client_id": self.client_id}
+        await ws.send(json.dumps({**subscribe, "prefetch": prefetch, "reports_outcomes": True}))
 
     async def _flush_outbox(self) -> None:
         """Report outcomes of runs that finished while the connection was down."""
@@ -397,4 +382,3 @@ class TaskWorker(TaskCalls):
             except ConnectionClosed:
                 pass
         self._outbox.append(message)
-
