@@ -12,9 +12,12 @@ PYTHON312 ?= $(shell for c in python3.12 python3.13; do $$c -c '$(CHECK312)' 2>/
 	v=$$(pyenv versions --bare 2>/dev/null | grep -E "^$$p(\.[0-9]+)?$$" | tail -n 1); \
 	[ -n "$$v" ] && PYENV_VERSION=$$v python -c '$(CHECK312)' 2>/dev/null && exit; done)
 VENV6 ?= .venv-django6
+# Prefect's own client, for the wire-compatibility test: a venv of its own (it pins websockets < 17).
+VENVP ?= .venv-prefect
+PREFECT ?= prefect==3.9.1
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate test test-django6 lint format bench wheel clean print-python312
+.PHONY: install run migrate test test-django6 test-prefect lint format bench wheel clean print-python312
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +46,17 @@ $(VENV6)/bin/.installed: requirements.txt pyproject.toml
 test-django6: $(VENV6)/bin/.installed
 	$(VENV6)/bin/python -m pytest $(PYTEST_ARGS)
 
+$(VENVP)/bin/.installed: requirements.txt pyproject.toml
+	test -x $(VENVP)/bin/python || $(PYTHON) -m venv $(VENVP)
+	$(VENVP)/bin/python -m pip install --quiet --upgrade pip
+	grep -v '^websockets==' requirements.txt > $(VENVP)/requirements.txt
+	$(VENVP)/bin/python -m pip install --quiet -r $(VENVP)/requirements.txt "$(PREFECT)"
+	touch $@
+
+# Prefect's Subscription client against our server; fails (not skips) when Prefect is missing.
+test-prefect: $(VENVP)/bin/.installed
+	TASKQUEUE_REQUIRE_PREFECT=1 $(VENVP)/bin/python -m pytest tests/test_prefect_client.py $(PYTEST_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -58,7 +72,7 @@ wheel: install
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist .
 
 clean:
-	rm -rf $(VENV) $(VENV6) dist build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV6) $(VENVP) dist build *.egg-info .pytest_cache
 
 print-python312:
 	@echo $(PYTHON312)

@@ -8,8 +8,9 @@ Choices where DESIGN is silent:
 - A run id in the path that is not a UUID is a 400 (``id must be a UUID string, not '...'``):
   the request is malformed, which says more than a 404 would.
 - A POST body must be ``application/json`` (any parameters, e.g. ``charset=utf-8``); a body
-  sent with no ``Content-Type`` at all is accepted as JSON, so that minimal clients work. Any
-  other declared type is a 415. A POST without a body declares nothing to check.
+  with another ``Content-Type``, or none, is a 415: a browser sends a cross-site body without a
+  preflight only as a "simple" type, so even with no token set a foreign page cannot enqueue.
+  A POST without a body declares nothing to check.
 - The size limit (``MAX_MESSAGE_BYTES``) is judged from ``Content-Length`` before the body is
   read, and from the bytes actually read (at most one over the limit) before parsing.
   A body that fits but whose run (with the fields the server adds) would not is a 413 too.
@@ -35,7 +36,6 @@ from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
 from .workers import queue_rows, workers
 
 JSON_TYPE = "application/json"
-# A body without Content-Type is taken as JSON; see the module docstring.
 
 View = Callable[..., Awaitable[HttpResponse]]
 

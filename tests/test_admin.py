@@ -8,15 +8,15 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import Permission
 from django.urls import NoReverseMatch, reverse
 
 from taskqueue_app import dashboard, server
 from taskqueue_app.admin import TaskKeyFilter
 from taskqueue_app.models import StateType, TaskRunRecord
+from taskqueue_app.queues import RETRY, SCHEDULED, get_queues
 from taskqueue_app.schemas import TaskRun, now
-from taskqueue_app.task_queue import TaskQueue
-from taskqueue_app.workers import registry
 
 pytestmark = pytest.mark.django_db
 
@@ -43,20 +43,32 @@ def viewer(django_user_model):
     return user
 
 
+async def seed_queues() -> None:
+    engine = get_queues()
+    await engine.configure("emails.send", scheduled_size=50, retry_size=10)
+    for _ in range(3):
+        await engine.enqueue(make_run("emails.send"), SCHEDULED)
+    await engine.enqueue(make_run("emails.send"), RETRY)
+    for _ in range(2):
+        await engine.enqueue(make_run("reports.build"), SCHEDULED)
+    await engine.connect("conn-1", "worker-a", ["emails.send", "reports.build"])
+    await engine.connect("conn-2", "worker-a", ["emails.send"])
+    await engine.claim("conn-1", ["reports.build"])  # held by conn-1 from here on
+
+
 @pytest.fixture
 def queues():
     """Two keys with runs in both lanes, one configured, a worker holding one run."""
-    TaskQueue.configure_task_key("emails.send", scheduled_size=50, retry_size=10)
-    emails = TaskQueue.for_key("emails.send")
-    for _ in range(3):
-        emails.put_nowait(make_run("emails.send"))
-    emails.retry_nowait(make_run("emails.send"))
-    reports = TaskQueue.for_key("reports.build")
-    for _ in range(2):
-        reports.put_nowait(make_run("reports.build"))
-    registry.connect("conn-1", "worker-a", ["emails.send", "reports.build"])
-    registry.connect("conn-2", "worker-a", ["emails.send"])
-    TaskQueue.hold("conn-1", reports.get_nowait())
+    async_to_sync(seed_queues)()
+
+
+def workers_per_key() -> dict[str, int]:
+    """Per key, the engine's connections subscribed to it, counted from the connections."""
+    counts: dict[str, int] = {}
+    for connection in async_to_sync(get_queues().connections)():
+        for key in connection.task_keys:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 # -- the admin index and permissions --------------------------------------------------------------
@@ -150,10 +162,10 @@ def test_run_records_cannot_be_added_changed_or_deleted(admin_client):
 # -- the numbers ----------------------------------------------------------------------------------
 
 
-def test_json_numbers_equal_the_snapshot_and_the_registry(admin_client, queues):
+def test_json_numbers_equal_the_snapshot_and_the_connections(admin_client, queues):
     data = admin_client.get(DATA).json()
-    snapshot = TaskQueue.snapshot()
-    counts = registry.counts_per_key()
+    snapshot = async_to_sync(get_queues().snapshot)()
+    counts = workers_per_key()
     assert [row["task_key"] for row in data["queues"]] == [row["task_key"] for row in snapshot]
     for row, expected in zip(data["queues"], snapshot, strict=True):
         for field, value in expected.items():
@@ -180,7 +192,9 @@ def test_json_numbers_equal_the_snapshot_and_the_registry(admin_client, queues):
     assert worker["identifier"] == "worker-a"
     assert worker["task_keys"] == ["emails.send", "reports.build"]
     assert worker["connections"] == 2 and worker["held_count"] == 1
-    assert worker["held"] == [str(TaskQueue.held("conn-1")[0].id)]
+    (held,) = async_to_sync(get_queues().held)("conn-1")
+    assert held.task_key == "reports.build"
+    assert worker["held"] == [str(held.id)]
 
 
 def test_page_shows_the_same_numbers(admin_client, queues):
@@ -221,11 +235,18 @@ def test_same_numbers_as_the_task_queues_api(admin_client, queues):
     assert ours == theirs
 
 
-def test_a_thousand_keys_are_paged_sorted_and_filtered(admin_client):
+async def seed_a_thousand_keys() -> None:
+    """Keys configured (so the empty ones are listed too), each with ``i % 7`` runs queued."""
+    engine = get_queues()
     for i in range(1000):
-        queue = TaskQueue.for_key(f"key-{i:04d}")
+        key = f"key-{i:04d}"
+        await engine.configure(key)
         for _ in range(i % 7):
-            queue.put_nowait(make_run(queue.task_key))
+            await engine.enqueue(make_run(key), SCHEDULED)
+
+
+def test_a_thousand_keys_are_paged_sorted_and_filtered(admin_client):
+    async_to_sync(seed_a_thousand_keys)()
     data = admin_client.get(DATA).json()
     assert data["page"] == {"number": 1, "num_pages": 10, "per_page": 100, "count": 1000}
     assert data["totals"]["keys"] == 1000
@@ -278,22 +299,23 @@ def test_a_page_past_the_end_shows_the_last_page(admin_client, queues):
 async def test_state_is_read_in_the_server_loop_from_another_thread(monkeypatch):
     """A sync admin view runs in a worker thread: the copy must be taken in the loop's thread."""
     await server.ensure_started()
-    TaskQueue.for_key("emails.send").put_nowait(make_run("emails.send"))
+    await get_queues().enqueue(make_run("emails.send"), SCHEDULED)
     loop_thread = threading.get_ident()
     seen: list[int] = []
-    collect = dashboard._collect
+    collect = dashboard.collect
 
-    def recording_collect():
+    async def recording_collect():
         seen.append(threading.get_ident())
-        return collect()
+        return await collect()
 
-    monkeypatch.setattr(dashboard, "_collect", recording_collect)
+    monkeypatch.setattr(dashboard, "collect", recording_collect)
     state = await asyncio.to_thread(dashboard.read_state)
     assert seen == [loop_thread]
     assert state["queues"][0]["scheduled_size"] == 1
-    # Called from the loop's own thread it reads directly.
-    assert dashboard.read_state()["queues"][0]["task_key"] == "emails.send"
-    assert seen == [loop_thread, loop_thread]
+    # Called from the loop's own thread it refuses: waiting there would block the server.
+    with pytest.raises(RuntimeError, match="would block the server's event loop"):
+        dashboard.read_state()
+    assert seen == [loop_thread]
 
 
 # -- run records ----------------------------------------------------------------------------------

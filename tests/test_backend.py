@@ -17,16 +17,16 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
-from taskqueue_app.scheduler import scheduler
 
 from project.servers import ProjectServer
 from project.tasks import add, flaky_greeting, wait_then_echo
-from taskqueue_app import lifecycle, server
+from taskqueue_app import lifecycle
+from taskqueue_app import server as tq_server
 from taskqueue_app.backend import EnqueueError, QueueTask, TaskQueueBackend
 from taskqueue_app.management.commands.taskworker import discover_tasks
 from taskqueue_app.models import StateType, TaskRunRecord
+from taskqueue_app.queues import get_queues
 from taskqueue_app.schemas import TaskRun
-from taskqueue_app.task_queue import TaskQueue
 from taskqueue_app.tasks_compat import (
     InvalidTaskError,
     TaskResultDoesNotExist,
@@ -60,12 +60,26 @@ class Received:
         self.signal.disconnect(self)
 
 
+async def lane_row(key: str) -> dict:
+    """The engine's snapshot row of ``key`` (an empty one when the engine lists no such key)."""
+    for row in await get_queues().snapshot():
+        if row["task_key"] == key:
+            return row
+    return {"scheduled_size": 0, "retry_size": 0, "deferred": 0}
+
+
+async def queued(key: str) -> int:
+    """Runs of ``key`` waiting in its lanes (scheduled and retry)."""
+    row = await lane_row(key)
+    return row["scheduled_size"] + row["retry_size"]
+
+
 # -- in the server's loop and its threads -------------------------------------------------------
 
 
 @DB
 async def test_aenqueue_in_the_server_loop_creates_and_queues_the_run():
-    await server.ensure_started()  # this test's loop is the server's loop
+    await tq_server.ensure_started()  # this test's loop is the server's loop
     with Received(task_enqueued) as enqueued:
         result = await add.aenqueue(2, b=3)
     assert result.status == TaskResultStatus.READY
@@ -73,7 +87,7 @@ async def test_aenqueue_in_the_server_loop_creates_and_queues_the_run():
     record = await TaskRunRecord.objects.aget(pk=uuid.UUID(result.id))
     assert (record.task_key, record.name) == (ADD, "add")
     assert record.parameters == {"args": [2], "kwargs": {"b": 3}}
-    assert TaskQueue.for_key(ADD).qsize() == 1
+    assert await queued(ADD) == 1
     assert enqueued.results == [(TaskQueueBackend, TaskResultStatus.READY, result)]
     read_back = await add.aget_result(result.id)
     assert (read_back.id, read_back.status, read_back.attempts) == (result.id, "READY", 0)
@@ -81,9 +95,9 @@ async def test_aenqueue_in_the_server_loop_creates_and_queues_the_run():
 
 @DB
 async def test_enqueue_from_another_thread_of_the_server_is_handed_to_its_loop():
-    await server.ensure_started()
+    await tq_server.ensure_started()
     result = await asyncio.to_thread(add.enqueue, 1, 2)
-    assert TaskQueue.for_key(ADD).qsize() == 1  # put by the loop, not by the thread
+    assert await queued(ADD) == 1  # put by the loop, not by the thread
     assert await TaskRunRecord.objects.filter(pk=uuid.UUID(result.id)).aexists()
     read_back = await asyncio.to_thread(add.get_result, result.id)
     assert read_back.status == TaskResultStatus.READY
@@ -91,26 +105,29 @@ async def test_enqueue_from_another_thread_of_the_server_is_handed_to_its_loop()
 
 @DB
 async def test_a_blocking_enqueue_inside_the_loop_is_refused_with_the_fix():
-    await server.ensure_started()
+    await tq_server.ensure_started()
     with pytest.raises(RuntimeError, match=r"await task.aenqueue"):
         add.enqueue(1, 2)
 
 
 @DB
 async def test_run_after_defers_the_run_until_then():
-    await server.ensure_started()
+    await tq_server.ensure_started()
     due = timezone.now() + timedelta(hours=1)
     result = await add.using(run_after=due).aenqueue(1, 1)
     record = await TaskRunRecord.objects.aget(pk=uuid.UUID(result.id))
     assert record.expected_start_time == due
-    assert [str(run.id) for run in scheduler.deferred_runs()] == [result.id]
-    assert TaskQueue.for_key(ADD).qsize() == 0
+    assert (await lane_row(ADD))["deferred"] == 1
+    assert await queued(ADD) == 0
+    # The run waiting for its time is this one: it can be taken out of the engine by its id.
+    assert (await get_queues().cancel(uuid.UUID(result.id))).id == uuid.UUID(result.id)
+    assert (await lane_row(ADD))["deferred"] == 0
 
 
 @DB
 async def test_a_full_queue_raises_and_stores_nothing():
-    await server.ensure_started()
-    TaskQueue.configure_task_key(ADD, scheduled_size=1)
+    await tq_server.ensure_started()
+    await get_queues().configure(ADD, scheduled_size=1)
     await add.aenqueue(1, 1)
     with pytest.raises(lifecycle.QueueFullError, match="full"):
         await add.aenqueue(2, 2)

@@ -20,10 +20,10 @@ from django.urls import path
 from project.asgi import application
 from taskqueue_app import lifecycle, protocol, server
 from taskqueue_app.consumers import SubscriptionConsumer, live_subscriptions
+from taskqueue_app.queues import RETRY, get_queues
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, now
-from taskqueue_app.task_queue import TaskQueue
-from taskqueue_app.workers import registry
+from taskqueue_app.workers import workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,10 +89,21 @@ async def record(run_id) -> TaskRun:
     return run
 
 
-def connection_of(client_id: str) -> str:
+async def connection_of(client_id: str) -> str:
     """The connection id (the runs' holder) of a subscribed client."""
-    (conn,) = [c for c in registry.connections() if c.client_id == client_id]
-    return conn.connection_id
+    (conn,) = [c for c in await get_queues().connections() if c.client_id == client_id]
+    return conn.holder
+
+
+async def held_by(client_id: str) -> list[TaskRun]:
+    """The runs the engine records as held by a subscribed client's connection."""
+    return await get_queues().held(await connection_of(client_id))
+
+
+async def queued(key: str) -> int:
+    """Runs of ``key`` waiting in its lanes (scheduled and retry), as the engine reports them."""
+    rows = [row for row in await get_queues().snapshot() if row["task_key"] == key]
+    return sum(row["scheduled_size"] + row["retry_size"] for row in rows)
 
 
 async def quit_after(comm: WebsocketCommunicator) -> None:
@@ -242,17 +253,17 @@ async def test_subscribe_errors_close_4001_with_a_reason(message, reason):
     comm = await authed()
     await comm.send_json_to(message)
     assert await closed_with(comm) == (4001, reason)
-    assert registry.connections() == []
+    assert await get_queues().connections() == []
 
 
 async def test_subscribe_registers_the_worker_and_sends_no_reply():
     comm = await subscribed(["b", "a", "b"], client_id="w-42")
     assert await comm.receive_nothing(0.05)
-    (worker,) = registry.workers()
+    (worker,) = await workers()
     assert worker["identifier"] == "w-42"
     assert worker["task_keys"] == ["b", "a"]
     await comm.disconnect()
-    assert registry.workers() == []
+    assert await workers() == []
 
 
 # -- 4. delivery ---------------------------------------------------------------------------------
@@ -263,13 +274,13 @@ async def test_delivery_keys_in_order_retry_first_only_subscribed_keys():
     b1 = await create("b")
     await create("c")  # not subscribed: never delivered
     retried = (await record(b1)).with_state("SCHEDULED", "AwaitingRetry", id=uuid.uuid4())
-    TaskQueue.for_key("b").retry_nowait(retried)
+    await get_queues().enqueue(retried, RETRY)
 
     comm = await subscribed(["b", "a"], prefetch=10)
     got = [(await receive_run(comm))["id"] for _ in range(4)]
     assert got == [str(retried.id), str(b1), str(a1), str(a2)]
     assert await comm.receive_nothing(0.05)
-    assert TaskQueue.for_key("c").qsize() == 1
+    assert await queued("c") == 1
     await comm.disconnect()
 
 
@@ -294,7 +305,7 @@ async def test_default_prefetch_is_one_unacked_run():
     comm = await subscribed(["k"])
     assert (await receive_run(comm))["id"] == str(first)
     assert await comm.receive_nothing(0.05)
-    assert TaskQueue.for_key("k").qsize() == 1  # the second waits in the queue, not in hand
+    assert await queued("k") == 1  # the second waits in the queue, not in hand
     await comm.send_json_to({"type": "ack"})
     assert (await receive_run(comm))["id"] == str(second)
     await comm.disconnect()
@@ -306,7 +317,7 @@ async def test_prefetch_limits_unacked_runs():
     got = [(await receive_run(comm))["id"] for _ in range(3)]
     assert got == [str(i) for i in ids[:3]]
     assert await comm.receive_nothing(0.05)
-    assert len(TaskQueue.held(connection_of("worker-1"))) == 3
+    assert len(await held_by("worker-1")) == 3
     await comm.send_json_to({"type": "ack"})
     assert (await receive_run(comm))["id"] == str(ids[3])
     assert await comm.receive_nothing(0.05)
@@ -340,7 +351,7 @@ async def test_ack_without_id_acks_the_oldest_and_with_id_the_named_one():
     assert (await record(r1)).state_type == "PENDING"
     assert (await record(r2)).state_type == "SCHEDULED"
     assert (await record(r3)).state_type == "PENDING"
-    assert [run.id for run in TaskQueue.held(connection_of("worker-1"))] == [r2]
+    assert [run.id for run in await held_by("worker-1")] == [r2]
     assert (await record(r1)).worker == "worker-1"
     await comm.disconnect()
 
@@ -407,7 +418,7 @@ async def test_outcomes_update_the_record():
     assert (finished.state_type, finished.result) == ("COMPLETED", {"sum": 3})
     failed = await record(broken)
     assert (failed.state_type, failed.error) == ("FAILED", error)
-    assert TaskQueue.held(connection_of("worker-1")) == []
+    assert await held_by("worker-1") == []
     await comm.disconnect()
 
 
@@ -479,7 +490,7 @@ async def test_a_run_settled_after_a_reconnect_is_not_delivered_again():
     first = await subscribed(["k"], client_id="w")
     await receive_run(first)
     await first.disconnect()
-    assert TaskQueue.for_key("k").qsize() == 1
+    assert await queued("k") == 1
     later = await create("k")
 
     back = await authed()
@@ -505,7 +516,7 @@ async def test_quit_gives_runs_back_first_in_line_then_closes_1000():
     await comm.send_json_to({"type": "quit"})
     code, _ = await closed_with(comm)
     assert code == 1000
-    assert registry.connections() == []
+    assert await get_queues().connections() == []
     nxt = await subscribed(["k"], client_id="next", prefetch=3)
     got = [(await receive_run(nxt))["id"] for _ in range(3)]
     assert got == [str(r1), str(r2), str(r3)]
@@ -530,7 +541,7 @@ async def test_without_reports_outcomes_an_acked_run_is_handed_over():
     await comm.send_json_to({"type": "ack"})
     await handled(comm)
     await comm.disconnect()
-    assert TaskQueue.for_key("k").qsize() == 0
+    assert await queued("k") == 0
     assert (await record(run_id)).state_type == "PENDING"
 
 
@@ -575,7 +586,7 @@ async def test_bad_frames_close_4001_and_give_runs_back(frame, reason):
     await receive_run(comm)
     await comm.send_to(text_data=frame)
     assert await closed_with(comm) == (4001, reason)
-    assert TaskQueue.for_key("k").qsize() == 1
+    assert await queued("k") == 1
     assert (await record(run_id)).state_type == "SCHEDULED"
 
 
@@ -585,7 +596,7 @@ async def test_binary_frames_holding_json_are_understood():
     await receive_run(comm)
     await comm.send_to(bytes_data=json.dumps({"type": "ack"}).encode())
     await handled(comm)
-    assert TaskQueue.held(connection_of("worker-1")) == []
+    assert await held_by("worker-1") == []
     await comm.disconnect()
 
 
@@ -617,9 +628,9 @@ async def test_a_run_claimed_but_not_yet_sent_goes_back_when_the_socket_dies():
     run_id = await create("k")
     comm = await subscribed(["k"], app=slow_app)
     await asyncio.wait_for(SlowSocket.stalled.wait(), WAIT)
-    assert [run.id for run in TaskQueue.held(connection_of("worker-1"))] == [run_id]
+    assert [run.id for run in await held_by("worker-1")] == [run_id]
     await comm.disconnect(code=1006)
-    assert registry.connections() == []
+    assert await get_queues().connections() == []
     nxt = await subscribed(["k"], client_id="next")
     assert (await receive_run(nxt))["id"] == str(run_id)
     await nxt.disconnect()

@@ -25,8 +25,7 @@ from daphne.testing import DaphneProcess
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 
-from taskqueue_app import lifecycle
-from taskqueue_app.workers import registry
+from taskqueue_app import testing
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -70,8 +69,7 @@ class ForkedDaphneProcess(DaphneProcess):
 
     def run(self) -> None:
         SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
-        lifecycle.reset()
-        registry.clear()
+        testing.reset()
         super().run()
 
 

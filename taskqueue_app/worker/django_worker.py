@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +10,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from ..results import task_result
-from ..schemas import TaskRun, parse_datetime
+from ..schemas import TaskRun
 from ..states import StateType
 from ..tasks_compat import (
     Task,
@@ -37,21 +36,15 @@ class DjangoTaskWorker(TaskWorker):
 
     def _task_result(self, key: str, run: dict[str, Any], args: list, kwargs: dict) -> TaskResult:
         task: Task = self.tasks[key]
-        attempts = int(run.get("run_count") or 0) + 1  # this attempt is being started now
-        now = timezone.now()
-        value = TaskRun(
-            id=uuid.UUID(str(run["id"])),
-            task_key=key,
-            dynamic_key=str(run.get("dynamic_key") or key),
-            name=str(run.get("name") or task.name),
+        # The run as the server sent it (its enqueue time is ``TaskResult.enqueued_at``), in
+        # the attempt that starts now.
+        value = TaskRun.from_dict({**run, "task_key": key}).with_state(
+            StateType.RUNNING,
+            "Running",
             parameters={"args": args, "kwargs": kwargs},
-            state_type=StateType.RUNNING,
-            state_name="Running",
-            run_count=attempts,
-            started=now,
+            run_count=int(run.get("run_count") or 0) + 1,
+            started=timezone.now(),
             worker=self.client_id,
-            # When it was enqueued, as the server sent it (``TaskResult.enqueued_at``).
-            created=parse_datetime(run["created"], "created") if run.get("created") else now,
         )
         return task_result(value, task, task.backend)
 
