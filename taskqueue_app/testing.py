@@ -206,3 +206,57 @@ def reset() -> None:
     server.reset()
     writer.reset()
     async_to_sync(get_queues().reset)()
+
+
+# -- reading and draining the configured engine, for tests ---------------------------------------
+
+EMPTY_ROW = {
+    "scheduled_size": 0,
+    "retry_size": 0,
+    "held": 0,
+    "running": 0,
+    "backlog": 0,
+    "deferred": 0,
+    "workers": 0,
+}
+
+
+async def queue_row(task_key: str) -> dict[str, Any]:
+    """The engine's snapshot row of ``task_key``; every count zero when it has none."""
+    from .queues import get_queues
+
+    for row in await get_queues().snapshot():
+        if row["task_key"] == task_key:
+            return row
+    return {"task_key": task_key, **EMPTY_ROW}
+
+
+async def queued(task_key: str) -> int:
+    """Runs of ``task_key`` waiting in its lanes (scheduled and retry; not deferred or
+    backlogged)."""
+    row = await queue_row(task_key)
+    return row["scheduled_size"] + row["retry_size"]
+
+
+async def claim(task_key: str, holder: str = "test", timeout: float = 5.0) -> Any:
+    """The next run of ``task_key``, waiting at most ``timeout``; held by ``holder`` after."""
+    import asyncio
+
+    from .queues import get_queues
+
+    return await asyncio.wait_for(get_queues().claim(holder, [task_key]), timeout)
+
+
+async def take(task_key: str, holder: str = "test", timeout: float = 5.0) -> Any:
+    """The next run of ``task_key``, waiting for it; claimed and acked, so nobody holds it."""
+    from .queues import get_queues
+
+    run = await claim(task_key, holder, timeout)
+    assert await get_queues().ack(holder, run.id) is not None
+    return run
+
+
+async def take_now(task_key: str) -> Any:
+    """The next run waiting in a lane of ``task_key`` right now (retry lane first)."""
+    assert await queued(task_key) > 0, f"no run of {task_key!r} is waiting in its lanes"
+    return await take(task_key)

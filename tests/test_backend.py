@@ -35,7 +35,8 @@ from taskqueue_app.tasks_compat import (
     task_finished,
     task_started,
 )
-from taskqueue_app.testing import free_port
+from taskqueue_app.testing import free_port, queued
+from taskqueue_app.testing import queue_row as lane_row
 from taskqueue_app.worker.django_worker import DjangoTaskWorker
 from tests.worker_helpers import ROOT, api, start_django_worker, terminate_gently, wait_for_state
 
@@ -58,20 +59,6 @@ class Received:
 
     def __exit__(self, *exc) -> None:
         self.signal.disconnect(self)
-
-
-async def lane_row(key: str) -> dict:
-    """The engine's snapshot row of ``key`` (an empty one when the engine lists no such key)."""
-    for row in await get_queues().snapshot():
-        if row["task_key"] == key:
-            return row
-    return {"scheduled_size": 0, "retry_size": 0, "deferred": 0}
-
-
-async def queued(key: str) -> int:
-    """Runs of ``key`` waiting in its lanes (scheduled and retry)."""
-    row = await lane_row(key)
-    return row["scheduled_size"] + row["retry_size"]
 
 
 # -- in the server's loop and its threads -------------------------------------------------------

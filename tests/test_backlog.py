@@ -1,6 +1,5 @@
 """Accepted runs that find their lane full wait in a backlog and are fed in as room frees up."""
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -9,6 +8,8 @@ from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import get_queues
 from taskqueue_app.schemas import TaskRun, now
+from taskqueue_app.testing import queue_row as row
+from taskqueue_app.testing import queued, take, take_now
 from taskqueue_app.workers import queue_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,33 +19,6 @@ def make_record(key: str, index: int, **fields) -> TaskRunRecord:
     run = TaskRun(task_key=key, dynamic_key=f"{key}-{index}", name=key, **fields)
     run.created = now() + timedelta(microseconds=index)  # a strict order to restore in
     return TaskRunRecord(**run.record_fields())
-
-
-async def row(key: str) -> dict:
-    """The engine's snapshot row of ``key`` (all zeros if it has none)."""
-    for entry in await get_queues().snapshot():
-        if entry["task_key"] == key:
-            return entry
-    return {"scheduled_size": 0, "retry_size": 0, "backlog": 0, "deferred": 0}
-
-
-async def queued(key: str) -> int:
-    """Runs waiting in both lanes of ``key`` (not deferred, not in the backlog)."""
-    entry = await row(key)
-    return entry["scheduled_size"] + entry["retry_size"]
-
-
-async def take(key: str, holder: str = "test") -> TaskRun:
-    """The next run of ``key``, waiting for it; claimed and acked, so nobody holds it after."""
-    run = await asyncio.wait_for(get_queues().claim(holder, [key]), 1)
-    assert await get_queues().ack(holder, run.id) is not None
-    return run
-
-
-async def take_now(key: str) -> TaskRun:
-    """The next run waiting in a lane of ``key`` right now (retry lane first)."""
-    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
-    return await take(key)
 
 
 async def test_restore_beyond_the_bound_feeds_the_rest_in_order():

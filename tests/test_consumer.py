@@ -23,6 +23,7 @@ from taskqueue_app.consumers import SubscriptionConsumer, live_subscriptions
 from taskqueue_app.queues import RETRY, get_queues
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, now
+from taskqueue_app.testing import queued
 from taskqueue_app.workers import workers
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,12 +99,6 @@ async def connection_of(client_id: str) -> str:
 async def held_by(client_id: str) -> list[TaskRun]:
     """The runs the engine records as held by a subscribed client's connection."""
     return await get_queues().held(await connection_of(client_id))
-
-
-async def queued(key: str) -> int:
-    """Runs of ``key`` waiting in its lanes (scheduled and retry), as the engine reports them."""
-    rows = [row for row in await get_queues().snapshot() if row["task_key"] == key]
-    return sum(row["scheduled_size"] + row["retry_size"] for row in rows)
 
 
 async def quit_after(comm: WebsocketCommunicator) -> None:

@@ -13,6 +13,8 @@ from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import RETRY, get_queues
 from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, TooLargeError, ValidationError, isoformat, now
+from taskqueue_app.testing import claim, queued, take, take_now
+from taskqueue_app.testing import queue_row as row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,37 +30,6 @@ async def make(key: str = "k", **fields) -> TaskRun:
 async def recorded(run_id: uuid.UUID) -> TaskRunRecord:
     await writer.flush()
     return await TaskRunRecord.objects.aget(pk=run_id)
-
-
-async def claim(key: str, holder: str = "conn") -> TaskRun:
-    return await asyncio.wait_for(get_queues().claim(holder, [key]), timeout=5)
-
-
-async def row(key: str) -> dict:
-    """The engine's snapshot row of ``key`` (all zeros if it has none)."""
-    for entry in await get_queues().snapshot():
-        if entry["task_key"] == key:
-            return entry
-    return {"scheduled_size": 0, "retry_size": 0, "backlog": 0, "deferred": 0, "running": 0}
-
-
-async def queued(key: str) -> int:
-    """Runs waiting in both lanes of ``key`` (not deferred, not in the backlog)."""
-    entry = await row(key)
-    return entry["scheduled_size"] + entry["retry_size"]
-
-
-async def take(key: str, holder: str = "test") -> TaskRun:
-    """The next run of ``key``, waiting for it; claimed and acked, so nobody holds it after."""
-    run = await claim(key, holder)
-    assert await get_queues().ack(holder, run.id) is not None
-    return run
-
-
-async def take_now(key: str) -> TaskRun:
-    """The next run waiting in a lane of ``key`` right now (retry lane first)."""
-    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
-    return await take(key)
 
 
 # -- create and defer ------------------------------------------------------------------------------

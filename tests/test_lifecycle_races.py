@@ -13,6 +13,7 @@ from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import get_queues
 from taskqueue_app.records import writer
+from taskqueue_app.testing import claim, queued, take_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,26 +23,6 @@ BOOM = {"type": "ValueError", "message": "boom", "traceback": None}
 async def recorded(run_id: uuid.UUID) -> TaskRunRecord:
     await writer.flush()
     return await TaskRunRecord.objects.aget(pk=run_id)
-
-
-async def claim(key: str, holder: str):
-    return await asyncio.wait_for(get_queues().claim(holder, [key]), 5)
-
-
-async def queued(key: str) -> int:
-    """Runs waiting in both lanes of ``key``, from the engine's snapshot."""
-    for entry in await get_queues().snapshot():
-        if entry["task_key"] == key:
-            return entry["scheduled_size"] + entry["retry_size"]
-    return 0
-
-
-async def take_now(key: str):
-    """The next run waiting in a lane of ``key`` right now; claimed and acked, so out."""
-    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
-    run = await claim(key, "test")
-    assert await get_queues().ack("test", run.id) is not None
-    return run
 
 
 async def started_by(holder: str, client_id: str, key: str = "k", **fields):

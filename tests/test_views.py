@@ -17,6 +17,8 @@ from taskqueue_app import lifecycle
 from taskqueue_app.models import StateType, TaskRunRecord
 from taskqueue_app.queues import RETRY, get_queues
 from taskqueue_app.schemas import TaskRun, isoformat, now
+from taskqueue_app.testing import claim, queued, take, take_now
+from taskqueue_app.testing import queue_row as row
 
 RUNS = "/api/task_runs/"
 QUEUES = "/api/task_queues/"
@@ -39,37 +41,6 @@ async def post(client: AsyncClient, path: str, data: object, **kwargs):
 
 async def record_count(**filters) -> int:
     return await TaskRunRecord.objects.filter(**filters).acount()
-
-
-async def row(key: str) -> dict:
-    """The engine's snapshot row of ``key`` (all zeros if it has none)."""
-    for entry in await get_queues().snapshot():
-        if entry["task_key"] == key:
-            return entry
-    return {"scheduled_size": 0, "retry_size": 0, "backlog": 0, "deferred": 0}
-
-
-async def queued(key: str) -> int:
-    """Runs waiting in both lanes of ``key`` (not deferred, not in the backlog)."""
-    entry = await row(key)
-    return entry["scheduled_size"] + entry["retry_size"]
-
-
-async def claim(key: str, holder: str) -> TaskRun:
-    return await asyncio.wait_for(get_queues().claim(holder, [key]), 5)
-
-
-async def take(key: str, holder: str = "test") -> TaskRun:
-    """The next run of ``key``, waiting for it; claimed and acked, so nobody holds it after."""
-    run = await claim(key, holder)
-    assert await get_queues().ack(holder, run.id) is not None
-    return run
-
-
-async def take_now(key: str) -> TaskRun:
-    """The next run waiting in a lane of ``key`` right now (retry lane first)."""
-    assert await queued(key) > 0, f"no run of {key!r} is waiting in its lanes"
-    return await take(key)
 
 
 async def raw_asgi(method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes]):
