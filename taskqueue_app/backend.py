@@ -72,7 +72,7 @@ class TaskQueueBackend(BaseTaskBackend):
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
-    supports_priority = False  # one FIFO per key: a priority would not be honoured
+    supports_priority = True  # within a key's lane, higher first (the engine orders by it)
 
     def __init__(self, alias: str, params: dict) -> None:
         super().__init__(alias, params)
@@ -111,6 +111,7 @@ class TaskQueueBackend(BaseTaskBackend):
             # Our own dynamic key: an HTTP create sent twice (a retried request) is one run.
             "dynamic_key": f"{task.module_path}-{run_id.hex}",
             "name": task.name,
+            "priority": task.priority,
             "parameters": parameters,
             "empirical_policy": {
                 "retries": self.retries if retries is None else retries,

@@ -21,19 +21,21 @@ class QueuedRun(Protocol):
     task_key: str
 
 
-def _priority(run: QueuedRun) -> int:
-    return getattr(run, "priority", 0) or 0
-
-
 class Lane:
     """One bounded lane of a key (scheduled or retry): FIFO per priority, highest priority
-    first, and the producers waiting for room in it."""
+    first, and the producers waiting for room in it.
 
-    __slots__ = ("fifos", "levels", "size", "putters")
+    Priority 0 (the default) has a FIFO of its own that always exists, so a lane whose runs
+    all have the default priority costs what one deque costs.
+    """
+
+    __slots__ = ("default", "fifos", "levels", "size", "putters")
 
     def __init__(self) -> None:
-        self.fifos: dict[int, deque[QueuedRun]] = {}
-        self.levels: list[int] = []  # negated priorities that have runs, so [0] is the highest
+        self.default: deque[QueuedRun] = deque()
+        self.fifos: dict[int, deque[QueuedRun]] = {0: self.default}
+        # Negated priorities with a FIFO, sorted, so the highest priority comes first; 0 stays.
+        self.levels: list[int] = [0]
         self.size = 0
         self.putters: deque[asyncio.Future[None]] = deque()
 
@@ -52,23 +54,33 @@ class Lane:
         return fifo
 
     def append(self, run: QueuedRun) -> None:
-        self._fifo(_priority(run)).append(run)
+        priority = getattr(run, "priority", 0)
+        (self._fifo(priority) if priority else self.default).append(run)
         self.size += 1
 
     def appendleft(self, run: QueuedRun) -> None:
         """First among the runs of its priority (behind any of a higher one)."""
-        self._fifo(_priority(run)).appendleft(run)
+        priority = getattr(run, "priority", 0)
+        (self._fifo(priority) if priority else self.default).appendleft(run)
         self.size += 1
 
     def popleft(self) -> QueuedRun:
-        priority = -self.levels[0]
-        fifo = self.fifos[priority]
-        run = fifo.popleft()
+        """The first run of the highest priority; the lane must not be empty."""
         self.size -= 1
-        if not fifo:
-            del self.fifos[priority]
-            self.levels.pop(0)
-        return run
+        if len(self.levels) == 1:
+            return self.default.popleft()
+        for level in self.levels:
+            fifo = self.fifos[-level]
+            if fifo:
+                run = fifo.popleft()
+                if level and not fifo:
+                    self._drop_level(level)
+                return run
+        raise IndexError("pop from an empty lane")
+
+    def _drop_level(self, level: int) -> None:
+        del self.fifos[-level]
+        self.levels.remove(level)
 
     def remove(self, run_id: Any) -> QueuedRun | None:
         """Take out the run of ``run_id``, wherever it waits; None if it is not here."""
@@ -77,9 +89,8 @@ class Lane:
                 if run.id == run_id:
                     fifo.remove(run)
                     self.size -= 1
-                    if not fifo:
-                        del self.fifos[priority]
-                        self.levels.remove(-priority)
+                    if priority and not fifo:
+                        self._drop_level(-priority)
                     if self.putters:
                         self.wake_putter()
                     return run

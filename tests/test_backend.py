@@ -35,7 +35,7 @@ from taskqueue_app.tasks_compat import (
     task_finished,
     task_started,
 )
-from taskqueue_app.testing import free_port, queued
+from taskqueue_app.testing import free_port, queued, take
 from taskqueue_app.testing import queue_row as lane_row
 from taskqueue_app.worker.django_worker import DjangoTaskWorker
 from tests.worker_helpers import ROOT, api, start_django_worker, terminate_gently, wait_for_state
@@ -88,6 +88,18 @@ async def test_enqueue_from_another_thread_of_the_server_is_handed_to_its_loop()
     assert await TaskRunRecord.objects.filter(pk=uuid.UUID(result.id)).aexists()
     read_back = await asyncio.to_thread(add.get_result, result.id)
     assert read_back.status == TaskResultStatus.READY
+
+
+@DB
+async def test_priority_is_recorded_and_honoured_within_the_key():
+    await tq_server.ensure_started()
+    low = await add.using(priority=-5).aenqueue(1, 1)
+    plain = await add.aenqueue(2, 2)
+    high = await add.using(priority=20).aenqueue(3, 3)
+    record = await TaskRunRecord.objects.aget(pk=uuid.UUID(high.id))
+    assert record.priority == 20
+    order = [str((await take(ADD)).id) for _ in range(3)]
+    assert order == [high.id, plain.id, low.id]
 
 
 @DB
