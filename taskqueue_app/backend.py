@@ -37,6 +37,7 @@ from .worker.http import EnqueueError, post_run
 
 __all__ = ["STATUS_OF_STATE", "EnqueueError", "QueueTask", "TaskQueueBackend", "task_result"]
 
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueTask(Task):
     """A Task with a retry policy of its own: ``@task(retries=3, retry_delay_seconds=10)``.

@@ -52,5 +52,3 @@ def _errors_of(run: TaskRun) -> list[TaskError]:
         return []
     traceback = error.get("traceback") or f"{error.get('type')}: {error.get('message')}"
     return [TaskError(exception_class_path=str(error.get("type") or ""), traceback=traceback)]
-
-

@@ -81,9 +81,7 @@ def _submit(coro: Awaitable[T], loop: asyncio.AbstractEventLoop) -> Future:
     return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
 
 
-def call(
-    function: Callable[..., Awaitable[T]], *args: Any, timeout: float = LOOP_TIMEOUT_S
-) -> T:
+def call(function: Callable[..., Awaitable[T]], *args: Any, timeout: float = LOOP_TIMEOUT_S) -> T:
     """``function(*args)`` where the queues live, from sync code of any thread.
 
     In the server's loop when it runs in this process (another thread waits for it, at most
@@ -104,9 +102,7 @@ def call(
         return future.result(timeout)
     except TimeoutError:
         future.cancel()
-        raise LoopTimeout(
-            f"the server's event loop did not answer within {timeout} s"
-        ) from None
+        raise LoopTimeout(f"the server's event loop did not answer within {timeout} s") from None
 
 
 async def acall(function: Callable[..., Awaitable[T]], *args: Any) -> T:
