@@ -14,16 +14,19 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, router, transaction
 from django.utils.module_loading import import_string
 
 from . import lifecycle, records, server
 from .conf import taskqueue_settings
+from .models import TaskRunRecord
 from .results import STATUS_OF_STATE, task_result
-from .schemas import TaskRun, isoformat, parse_uuid
+from .schemas import TaskRun, isoformat, parse_uuid, run_from_request
 from .tasks_compat import (
     BaseTaskBackend,
     InvalidTaskError,
@@ -124,9 +127,25 @@ class TaskQueueBackend(BaseTaskBackend):
         return body
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
-        """Create a run of ``task``; raises ``QueueFull`` when its queue is full."""
+        """Create a run of ``task``; raises ``QueueFull`` when its queue is full.
+
+        Inside ``transaction.atomic()`` on the database of the run records, the run is created
+        when that transaction commits (and not at all if it rolls back): on SQLite the open
+        transaction holds the one write lock the server would need, and a task should not run
+        before the data it was enqueued for is committed. ``QueueFull`` or an unreachable
+        server is then raised as the transaction commits.
+        """
         self.validate_task(task)
         body = self.create_request(task, args, kwargs)
+        alias = router.db_for_write(TaskRunRecord)
+        if connections[alias].in_atomic_block:
+            # Checked now, so that bad input fails the call rather than the commit.
+            run = run_from_request(body, taskqueue_settings.MAX_MESSAGE_BYTES)
+            transaction.on_commit(partial(self._create_and_announce, task, body), using=alias)
+            return self.result_of(run, task)
+        return self._create_and_announce(task, body)
+
+    def _create_and_announce(self, task: Task, body: dict[str, Any]) -> TaskResult:
         if server.serving_loop() is None:
             run = self._post(body)
         else:

@@ -75,6 +75,16 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
         )
     if "QUEUES" in user:
         errors.extend(_check_queues(user["QUEUES"]))
+    timeout = user.get("ORPHAN_TIMEOUT", DEFAULTS["ORPHAN_TIMEOUT"])
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e7:
+        errors.append(
+            _error(
+                "TASKQUEUE['ORPHAN_TIMEOUT'] must be a positive number of seconds, "
+                f"not {timeout!r}.",
+                "Seconds a run held by a vanished worker waits for it; the default is 60.",
+                11,
+            )
+        )
     if not settings.DEBUG and not (isinstance(token, str) and token):
         errors.append(
             Warning(

@@ -15,6 +15,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGE_BYTES": 1_048_576,
     "SERVER_URL": None,
     "QUEUES": {"BACKEND": "taskqueue_app.queues.memory.MemoryQueues"},
+    "ORPHAN_TIMEOUT": 60,
 }
 
 

@@ -17,6 +17,7 @@ from . import auth, daphne_close, lifecycle, protocol, server
 from .conf import taskqueue_settings
 from .protocol import ProtocolError, Subscription
 from .queues import Queues, get_queues
+from .records import writer
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,12 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.subscription: Subscription | None = None
         # Ids of runs sent and not yet acked, oldest first (a dict is an ordered set).
         self.unacked: dict[uuid.UUID, None] = {}
+        # Runs in the worker's hands in any state (sent, acked, started), for ``limit``.
+        self.holding: set[uuid.UUID] = set()
+        # Reports to confirm with ``recorded`` once their writes are durable, and the task that
+        # sends those confirmations (one per connection, a batch per commit).
+        self.to_confirm: list[tuple[uuid.UUID, str]] = []
+        self.confirmer: asyncio.Task | None = None
         self.credits = 0
         self.credit_available = asyncio.Event()
         self.delivery: asyncio.Task | None = None
@@ -198,12 +205,10 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             return  # not a run this connection is waiting on (acked already, or never sent)
         del self.unacked[run_id]
         assert self.subscription is not None
-        await lifecycle.acknowledge(
-            self.conn_id,
-            run_id,
-            self.subscription.client_id,
-            watch=self.subscription.reports_outcomes,
-        )
+        watch = self.subscription.reports_outcomes
+        await lifecycle.acknowledge(self.conn_id, run_id, self.subscription.client_id, watch)
+        if not watch:
+            self.holding.discard(run_id)  # handed over: no longer ours to count
         self._add_credits(1)
 
     async def _outcome(self, kind: str, run_id: uuid.UUID, message: dict[str, Any]) -> None:
@@ -213,16 +218,44 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             # An outcome before the ack implies the ack: the slot is free again.
             del self.unacked[run_id]
             self._add_credits(1)
+        client_id = self.subscription.client_id
         if kind == "started":
-            await lifecycle.start(self.conn_id, run_id, self.subscription.client_id)
-        elif kind == "completed":
-            await lifecycle.complete(
-                self.conn_id, run_id, message.get("result"), self.subscription.client_id
-            )
+            if await lifecycle.start(self.conn_id, run_id, client_id) is None:
+                # Finished already, or another live worker has it: this one must not run it.
+                self.holding.discard(run_id)
+                self._add_credits(0)
+                await self.send(text_data=protocol.cancel(run_id))
+                return
+            self.holding.add(run_id)  # a run resumed after a reconnect counts here too
         else:
-            await lifecycle.fail(
-                self.conn_id, run_id, protocol.error_of(message), self.subscription.client_id
-            )
+            if kind == "completed":
+                await lifecycle.complete(self.conn_id, run_id, message.get("result"), client_id)
+            elif kind == "failed":
+                await lifecycle.fail(self.conn_id, run_id, protocol.error_of(message), client_id)
+            else:
+                await lifecycle.cancelled(self.conn_id, run_id, client_id)
+            if run_id in self.holding:
+                self.holding.discard(run_id)
+                self._add_credits(0)  # a slot under ``limit`` is free again
+        self._confirm(run_id, kind)
+
+    def _confirm(self, run_id: uuid.UUID, kind: str) -> None:
+        """Send ``recorded`` for this report once what it changed is durable (DESIGN §6.5)."""
+        self.to_confirm.append((run_id, kind))
+        if self.confirmer is None or self.confirmer.done():
+            self.confirmer = asyncio.get_running_loop().create_task(self._send_confirmations())
+
+    async def _send_confirmations(self) -> None:
+        while self.to_confirm and self.phase is Phase.SUBSCRIBED:
+            batch, self.to_confirm = self.to_confirm, []
+            if not await writer.durable(frozenset(run_id for run_id, _ in batch)):
+                # The database refused a write for good: say nothing, the worker sends again.
+                logger.error("could not record reports of runs %s", [str(r) for r, _ in batch])
+                continue
+            for run_id, kind in batch:
+                if self.phase is not Phase.SUBSCRIBED:
+                    return
+                await self.send(text_data=protocol.recorded(run_id, kind))
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -234,8 +267,9 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         """Claim and send runs while the worker has credit; sleep on an event otherwise."""
         queues = self.queues
         try:
+            limit = self.subscription.limit if self.subscription else None
             while True:
-                while self.credits <= 0:
+                while self.credits <= 0 or (limit is not None and len(self.holding) >= limit):
                     self.credit_available.clear()
                     await self.credit_available.wait()
                 # The claim records the run as held by this connection as it hands it over: if
@@ -243,6 +277,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                 # in line.
                 run = await queues.claim(self.conn_id, keys)
                 self.unacked[run.id] = None
+                self.holding.add(run.id)
                 self.credits -= 1
                 await self.send(text_data=run.to_json())
                 await queues.touch(self.conn_id)
@@ -296,7 +331,11 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             # inside claim(), and one already claimed is held by conn_id and released below.
             self.delivery.cancel()
             self.delivery = None
+        if self.confirmer is not None:
+            self.confirmer.cancel()  # unconfirmed reports are sent again after a reconnect
+            self.confirmer = None
         await self.queues.disconnect(self.conn_id)
         self.unacked.clear()
+        self.holding.clear()
         if give_back:
             await lifecycle.disconnect(self.conn_id)

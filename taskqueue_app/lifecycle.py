@@ -22,7 +22,14 @@ from .conf import taskqueue_settings
 from .models import TaskRunRecord
 from .queues import RETRY, SCHEDULED, QueueFull, get_queues
 from .records import aread, writer
-from .schemas import TaskRun, now, run_from_request
+from .schemas import (
+    TaskRun,
+    ValidationError,
+    check_storable,
+    now,
+    run_from_request,
+    storable_copy,
+)
 from .states import FINISHED_STATES, TERMINAL_STATES, StateType
 
 logger = logging.getLogger(__name__)
@@ -31,7 +38,9 @@ __all__ = [
     "NotFinishedError",
     "QueueFullError",
     "acknowledge",
+    "cancelled",
     "complete",
+    "crash",
     "create",
     "disconnect",
     "fail",
@@ -44,6 +53,9 @@ __all__ = [
 
 # The engine's error under the name the views and the backend have always caught.
 QueueFullError = QueueFull
+
+# The state name of a run acked by a worker that reports no outcomes (a Prefect client).
+HANDED_OVER = "Delivered"
 
 
 class NotFinishedError(Exception):
@@ -152,14 +164,16 @@ async def acknowledge(
 ) -> TaskRun | None:
     """A worker acked a run it holds: it becomes PENDING.
 
-    Without ``watch`` the ack hands the run over (Prefect's rule). With ``watch`` the run stays
-    held by ``holder`` until the worker reports ``started``, so a vanished worker gives it back.
+    Without ``watch`` the ack hands the run over (Prefect's rule): PENDING ``Delivered``, the
+    worker's for good, never given back. With ``watch`` the run stays held by ``holder`` until
+    the worker reports ``started``, so a vanished worker gives it back.
     """
     queues = get_queues()
     found = await queues.find_held(run_id)
     if found is None or found.holder != holder:
         return None  # settled elsewhere after this copy was sent: keep the record as it is
-    pending = found.run.with_state(StateType.PENDING, "Pending", worker=client_id)
+    name = "Pending" if watch else HANDED_OVER
+    pending = found.run.with_state(StateType.PENDING, name, worker=client_id)
     if watch:
         await queues.hold(holder, pending)  # replaces the SCHEDULED copy, in place
     else:
@@ -217,11 +231,19 @@ async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> T
 
 
 async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | None:
-    """The worker started the run: RUNNING, one more attempt counted; it stays held by the
-    connection, which crashes it if it vanishes before an outcome."""
+    """The worker starts the run: RUNNING, one more attempt counted; it stays held by the
+    connection, which crashes it if it vanishes before an outcome.
+
+    None when the worker must not run it (finished, or another live worker has it). A worker
+    that reconnects and says ``started`` again for a run it is running resumes it: held by the
+    new connection, no attempt counted twice.
+    """
     run = await _locate(holder, run_id)
     if run is None or run.state_type in TERMINAL_STATES:
         return None
+    if run.state_type == StateType.RUNNING and run.worker == client_id:
+        await get_queues().hold(holder, run)
+        return run
     await _drop_waiting_copy(holder, run)
     running = run.with_state(
         StateType.RUNNING,
@@ -238,7 +260,13 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
 async def complete(
     holder: str, run_id: uuid.UUID, result: Any, client_id: str | None = None
 ) -> TaskRun | None:
-    """The run finished: COMPLETED with its JSON result."""
+    """The run finished: COMPLETED with its JSON result (FAILED if the database cannot store
+    that result: a lone surrogate, a NUL)."""
+    try:
+        check_storable(result, "the result")
+    except ValidationError as exc:
+        error = {"type": UNSTORABLE_RESULT, "message": str(exc), "traceback": None}
+        return await fail(holder, run_id, error, client_id)
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
@@ -270,8 +298,21 @@ async def fail(
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
-    return await _retry_or_finish(run, StateType.FAILED, "Failed", error)
+    return await _retry_or_finish(run, StateType.FAILED, "Failed", storable_copy(error))
 
+
+async def cancelled(holder: str, run_id: uuid.UUID, client_id: str | None = None) -> TaskRun | None:
+    """The worker stopped (or never started) a run it was told to cancel: CANCELLED, unless it
+    was no longer this worker's to cancel."""
+    run = await _take_over(holder, run_id, client_id)
+    if run is None:
+        return None
+    done = run.with_state(StateType.CANCELLED, "Cancelled", finished=now())
+    writer.update(done, "finished", "run_count", "started", "worker")
+    return done
+
+
+UNSTORABLE_RESULT = "taskqueue_app.UnstorableResult"
 
 CRASH_ERROR = {
     "type": "Crashed",
@@ -296,7 +337,12 @@ async def disconnect(holder: str) -> None:
             writer.update(back)
     await queues.release(holder)
     for run in crashed:
-        await _retry_or_finish(run, StateType.CRASHED, "Crashed", CRASH_ERROR)
+        await crash(run, CRASH_ERROR)
+
+
+async def crash(run: TaskRun, error: dict[str, Any]) -> TaskRun:
+    """A started run whose worker is gone: CRASHED, retried if it has retries left."""
+    return await _retry_or_finish(run, StateType.CRASHED, "Crashed", error)
 
 
 # -- by hand ------------------------------------------------------------------------------------

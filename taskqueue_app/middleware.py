@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sys
 from typing import Any
 
 from . import server
+from .errors import EngineUnavailable
+
+logger = logging.getLogger(__name__)
+
+# The exit code of a server process that must not serve (another one serves its database).
+EXIT_ENGINE_UNAVAILABLE = 3
 
 _twisted_hooked = False
 
@@ -24,12 +32,25 @@ def _hook_twisted_reactor() -> None:
     from twisted.internet.defer import Deferred
 
     _twisted_hooked = True
-    reactor.callWhenRunning(lambda: asyncio.ensure_future(server.ensure_started()))
+    reactor.callWhenRunning(_start_or_exit)
     reactor.addSystemEventTrigger(
         "before",
         "shutdown",
         lambda: Deferred.fromFuture(asyncio.ensure_future(server.shutdown())),
     )
+
+
+def _start_or_exit() -> None:
+    asyncio.ensure_future(server.ensure_started()).add_done_callback(_exit_if_refused)
+
+
+def _exit_if_refused(started: asyncio.Future) -> None:
+    """A server whose engine cannot serve here must not run at all: say why, and exit."""
+    if started.cancelled() or not isinstance(started.exception(), EngineUnavailable):
+        return
+    logger.critical("taskqueue cannot start: %s", started.exception())
+    sys.stderr.flush()
+    os._exit(EXIT_ENGINE_UNAVAILABLE)  # Daphne's reactor would otherwise keep serving
 
 
 class TaskQueueMiddleware:
@@ -54,7 +75,11 @@ class TaskQueueMiddleware:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await server.ensure_started()
+                try:
+                    await server.ensure_started()
+                except EngineUnavailable as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await server.shutdown()

@@ -43,6 +43,8 @@ BAD_KEYS = (
 BAD_CLIENT_ID = "Protocol violation: 'client_id' must be a string of 1 to 200 characters"
 BAD_PREFETCH = "Protocol violation: prefetch must be an integer from 1 to 100"
 BAD_REPORTS_OUTCOMES = "Protocol violation: reports_outcomes must be true or false"
+BAD_LIMIT = "Protocol violation: limit must be an integer from 1 to 10000"
+LIMIT_WITHOUT_OUTCOMES = "Protocol violation: limit needs reports_outcomes: true"
 NOT_JSON = "Protocol violation: expected a JSON object"
 LEGACY_REFUSED = "Auth required: offer the 'prefect' subprotocol and send an 'auth' message"
 SERVICE_RESTART = "Server restarting: reconnect"
@@ -54,7 +56,9 @@ HANDSHAKE_SECONDS = 10.0
 
 PREFETCH_MIN, PREFETCH_MAX = 1, 100
 CLIENT_ID_MAX = 200
-OUTCOMES = frozenset({"started", "completed", "failed"})
+LIMIT_MAX = 10_000
+# What a worker reports of a run; the server confirms each with ``recorded`` once durable.
+OUTCOMES = frozenset({"started", "completed", "failed", "cancelled"})
 AUTH_SUCCESS = json.dumps({"type": "auth_success"})
 
 
@@ -96,6 +100,8 @@ class Subscription:
     client_id: str
     prefetch: int = 1
     reports_outcomes: bool = False
+    # The most runs the worker holds in any state (sent, acked, running); None: no such bound.
+    limit: int | None = None
 
 
 def decode(text_data: str | None, bytes_data: bytes | None, limit: int) -> dict[str, Any]:
@@ -157,7 +163,24 @@ def parse_subscribe(message: dict[str, Any]) -> Subscription:
     reports_outcomes = message.get("reports_outcomes", False)
     if not isinstance(reports_outcomes, bool):
         raise violation(BAD_REPORTS_OUTCOMES)
-    return Subscription(tuple(dict.fromkeys(keys)), client_id, prefetch, reports_outcomes)
+    limit = message.get("limit")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= LIMIT_MAX:
+            raise violation(BAD_LIMIT)
+        if not reports_outcomes:
+            raise violation(LIMIT_WITHOUT_OUTCOMES)
+    keys = tuple(dict.fromkeys(keys))
+    return Subscription(keys, client_id, prefetch, reports_outcomes, limit)
+
+
+def recorded(run_id: uuid.UUID, kind: str) -> str:
+    """The server's confirmation that a worker's ``kind`` message about a run is durable."""
+    return f'{{"type":"recorded","id":"{run_id}","of":"{kind}"}}'
+
+
+def cancel(run_id: uuid.UUID) -> str:
+    """The server's word that a worker must not run (or must stop running) a run."""
+    return f'{{"type":"cancel","id":"{run_id}"}}'
 
 
 def run_id_of(message: dict[str, Any], required: bool) -> uuid.UUID | None:

@@ -39,11 +39,17 @@ class RecordWriter:
         self._executor: ThreadPoolExecutor | None = None
         # Failed attempts per run whose state change could not be written yet.
         self._attempts: dict[uuid.UUID, int] = {}
+        # Batches started and committed, and who waits for which (see ``durable``).
+        self._batches = 0
+        self._committed = 0
+        self._barriers: list[tuple[int, frozenset[uuid.UUID], asyncio.Future[bool]]] = []
 
     def reset(self) -> None:
         """Drop whatever is pending (a testing utility: each test has its own event loop)."""
         self._creates, self._updates, self._idle, self._task = [], {}, [], None
         self._attempts = {}
+        self._batches = self._committed = 0
+        self._barriers = []
 
     def submit(self, run: TaskRun) -> asyncio.Future[tuple[TaskRun, bool]]:
         """Queue the insert of ``run``; the future resolves as ``create`` returns, once committed.
@@ -67,6 +73,35 @@ class RecordWriter:
         values["updated"] = run.updated or now()
         self._kick()
 
+    def durable(self, run_ids: frozenset[uuid.UUID] = frozenset()) -> asyncio.Future[bool]:
+        """A future that resolves once every write handed over so far is committed, under
+        sustained load too (unlike ``flush``, it does not wait for the writer to go idle).
+
+        True when the state changes of ``run_ids`` are in the database; False when the
+        database refused one of them for good (its producer is told nothing was recorded).
+        """
+        future = asyncio.get_running_loop().create_future()
+        if self._creates or self._updates:
+            self._barriers.append((self._batches + 1, run_ids, future))
+            self._kick()
+        elif self._busy():
+            self._barriers.append((self._batches, run_ids, future))
+        else:
+            future.set_result(not (run_ids & self._attempts.keys()))
+        return future
+
+    def _release_barriers(self, given_up: set[uuid.UUID]) -> None:
+        waiting = []
+        for target, run_ids, future in self._barriers:
+            if target > self._committed:
+                waiting.append((target, run_ids, future))
+            elif run_ids & self._attempts.keys():
+                # A change of these runs failed and waits for a later batch: wait for that one.
+                waiting.append((self._batches + 1, run_ids, future))
+            elif not future.done():
+                future.set_result(not (run_ids & given_up))
+        self._barriers = waiting
+
     async def flush(self) -> None:
         """Wait until everything handed to the writer so far is committed."""
         if not self._creates and not self._updates and not self._busy():
@@ -87,7 +122,7 @@ class RecordWriter:
         self,
         creates: list[tuple[TaskRun, asyncio.Future]],
         updates: dict[uuid.UUID, dict[str, Any]],
-    ) -> None:
+    ) -> set[uuid.UUID]:
         """After a failed batch: one bad write must not take the others with it."""
         loop = asyncio.get_running_loop()
         for run, future in creates:
@@ -100,6 +135,7 @@ class RecordWriter:
                 if not future.done():
                     future.set_result(result)
         failed = False
+        given_up: set[uuid.UUID] = set()
         for run_id, values in updates.items():
             try:
                 await loop.run_in_executor(self._executor, _commit, [], {run_id: values})
@@ -109,6 +145,7 @@ class RecordWriter:
                 attempts = self._attempts[run_id] = self._attempts.get(run_id, 0) + 1
                 if attempts >= MAX_UPDATE_ATTEMPTS:
                     self._attempts.pop(run_id)
+                    given_up.add(run_id)
                     logger.exception("gave up on a state change of run %s: %r", run_id, values)
                     continue
                 # A locked or briefly unavailable database: try again with the next batch, under
@@ -116,6 +153,7 @@ class RecordWriter:
                 self._updates[run_id] = {**values, **self._updates.get(run_id, {})}
         if failed:
             await asyncio.sleep(RETRY_DELAY)  # back off before the next batch tries again
+        return given_up
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -126,18 +164,27 @@ class RecordWriter:
             del self._creates[:MAX_CREATES_PER_BATCH]
             updates, self._updates = self._updates, {}
             runs = [run for run, _ in creates]
+            self._batches += 1
             try:
                 results = await loop.run_in_executor(self._executor, _commit, runs, updates)
             except Exception:
                 logger.exception("could not write a batch of run records; writing them one by one")
-                await self._commit_apart(creates, updates)
+                given_up = await self._commit_apart(creates, updates)
+                self._committed = self._batches
+                self._release_barriers(given_up)
                 continue
+            self._committed = self._batches
             if self._attempts:
                 for run_id in updates:
                     self._attempts.pop(run_id, None)
             for (_, future), result in zip(creates, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+            if self._barriers:
+                self._release_barriers(set())
+        self._committed = self._batches
+        if self._barriers:
+            self._release_barriers(set())
         idle, self._idle = self._idle, []
         for future in idle:
             if not future.done():

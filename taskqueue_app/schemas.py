@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -254,6 +255,38 @@ def parse_uuid(value: Any, name: str = "id") -> uuid.UUID:
         raise ValidationError(f"{name} must be a UUID string, not {value!r}") from None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A NUL as JSON writes it: ``\u0000`` not itself escaped (an even run of backslashes before it).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_storable(value: Any, name: str) -> None:
+    """Raise unless a database can store ``value`` (JSON) as it is: no lone surrogate, which
+    UTF-8 cannot encode, and no NUL character, which PostgreSQL refuses in text and JSON."""
+    text = json.dumps(value, ensure_ascii=False)
+    if _SURROGATE.search(text):
+        raise ValidationError(
+            f"{name} contains a lone surrogate (\\ud800-\\udfff without its pair), which is "
+            "not text a database can store"
+        )
+    if _NUL.search(text):
+        raise ValidationError(f"{name} contains a NUL character (\\u0000), which databases refuse")
+
+
+def storable_copy(value: Any) -> Any:
+    """``value`` with every lone surrogate and NUL in its strings replaced (U+FFFD), for what
+    the server records of its own accord (a worker's error report, say)."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value) or "\x00" in value:
+            return _SURROGATE.sub("\ufffd", value).replace("\x00", "\ufffd")
+        return value
+    if isinstance(value, dict):
+        return {storable_copy(k): storable_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable_copy(item) for item in value]
+    return value
+
+
 def check_encodable(run: TaskRun, max_bytes: int | None = None) -> None:
     """Raise unless ``run`` has a JSON form (Python callers may pass any parameters) of at most
     ``max_bytes``; a run accepted but too large to send would bounce off every worker."""
@@ -266,6 +299,8 @@ def check_encodable(run: TaskRun, max_bytes: int | None = None) -> None:
         raise TooLargeError(
             f"the run's JSON would be {len(encoded)} bytes, over MAX_MESSAGE_BYTES ({max_bytes})"
         )
+    for name in ("task_key", "dynamic_key", "name", "parameters"):
+        check_storable(getattr(run, name), name)
 
 
 def run_from_request(data: Any, max_bytes: int | None = None) -> TaskRun:

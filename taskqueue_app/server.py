@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 from asgiref.sync import async_to_sync
 
 from . import lifecycle
+from .orphans import Sweeper
+from .queues import get_queues
 from .records import writer
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class _Loop:
         self.started: asyncio.Future | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.shutdown_callbacks: list[Callable[[], Awaitable[Any]]] = []
+        self.sweeper = Sweeper()
 
 
 _state = _Loop()
@@ -53,6 +56,7 @@ _state = _Loop()
 def reset() -> None:
     """Forget the loop and the hooks (a testing utility: each test has its own loop)."""
     global _state
+    _state.sweeper.stop()
     _state = _Loop()
 
 
@@ -114,14 +118,17 @@ async def acall(function: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 async def ensure_started() -> None:
-    """Once per process, in the server's loop: note the loop and restore recorded runs."""
+    """Once per process, in the server's loop: start the engine, restore recorded runs, and
+    begin sweeping orphans. Raises ``EngineUnavailable`` when the engine cannot serve here."""
     started = _state.started
     if started is None:
         loop = asyncio.get_running_loop()
         started = _state.started = loop.create_future()
         _state.loop = loop
         try:
+            await get_queues().start()
             await lifecycle.restore()
+            _state.sweeper.start()
         except BaseException as exc:
             _state.started = None
             started.set_exception(exc)
@@ -140,6 +147,7 @@ def on_shutdown(callback: Callable[[], Awaitable[Any]]) -> None:
 
 async def shutdown() -> None:
     """The server is stopping: run the shutdown callbacks, then commit every pending write."""
+    _state.sweeper.stop()
     for callback in list(_state.shutdown_callbacks):
         try:
             await callback()

@@ -51,6 +51,10 @@ class Queues:
         self.location: str | None = params.get("LOCATION")
         self.options: dict[str, Any] = dict(params.get("OPTIONS") or {})
 
+    async def start(self) -> None:
+        """Called once when a server process starts, before it restores anything. An engine
+        that cannot serve from this process raises ``EngineUnavailable``."""
+
     # -- runs into lanes -------------------------------------------------------------------------
 
     async def enqueue(self, run: Any, lane: str = SCHEDULED) -> None:

@@ -14,6 +14,7 @@ from ..states import StateType
 from ..task_queue import MultiQueue, TaskQueue
 from .base import LANES, RETRY, SCHEDULED, Connection, Held, QueueFull, Queues
 from .connections import WorkerConnections
+from .lock import ServerLock
 from .scheduler import Scheduler
 
 __all__ = ["MemoryQueues"]
@@ -30,9 +31,17 @@ def _due_later(run: Any) -> bool:
     return due is not None and due > datetime.now(UTC)
 
 
+# One lock per process, whatever number of engine instances (tests make many).
+_server_lock: ServerLock | None = None
+
+
 class MemoryQueues(Queues):
     """``Queues`` in one process: ``TaskQueue`` lanes, a scheduler for deferred and backlogged
-    runs, reservations for creates in flight, and the connected workers."""
+    runs, reservations for creates in flight, and the connected workers.
+
+    ``OPTIONS``: ``DATABASE``, the alias of the database whose runs this process serves alone
+    (default ``"default"``); a second server process on it refuses to start.
+    """
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -47,6 +56,13 @@ class MemoryQueues(Queues):
 
     def _full(self, task_key: str, lane: str) -> QueueFull:
         return QueueFull(f"the {lane} queue of {task_key!r} is full")
+
+    async def start(self) -> None:
+        global _server_lock
+        alias = self.options.get("DATABASE", "default")
+        if _server_lock is None or _server_lock.alias != alias:
+            _server_lock = ServerLock(alias)
+        _server_lock.acquire()
 
     # -- runs into lanes -------------------------------------------------------------------------
 

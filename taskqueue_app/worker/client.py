@@ -12,12 +12,9 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -26,18 +23,16 @@ from websockets.typing import Subprotocol
 
 from .calls import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    OutcomeError,
-    TaskCalls,
     WorkerAuthError,
     backoff_delay,
     check_auth_reply,
     describe_failure,
-    error_of,
     install_signal_handlers,
     subscription_url,
     task_key_of,
     unwrap_task,
 )
+from .runs import RunBook
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +42,7 @@ MAX_PREFETCH = 100  # the server's bound on ``prefetch`` (DESIGN §6.3)
 AUTH_CLOSE_CODE = 1008
 
 
-class TaskWorker(TaskCalls):
+class TaskWorker(RunBook):
     """Runs task runs delivered by a taskqueue server; one instance per process is the norm.
 
     ``tasks`` maps task keys to callables (or is an iterable of callables, each served under
@@ -85,9 +80,7 @@ class TaskWorker(TaskCalls):
         self.max_message_bytes = max_message_bytes
         self.completed = 0  # runs reported, whatever their outcome (for tests and stats)
         self._ws: ClientConnection | None = None
-        self._waiting: deque[dict[str, Any]] = deque()  # delivered, not acked: no free slot yet
-        self._running: dict[str, asyncio.Task] = {}
-        self._outbox: list[str] = []  # outcomes the connection dropped before sending
+        self._init_runs()
         self._stopping = False
         self._forced = False
         self._quit_sent = False
@@ -192,7 +185,7 @@ class TaskWorker(TaskCalls):
     def _finished(self) -> bool:
         if self._forced:
             return True
-        return self._stopping and not self._running and not self._outbox
+        return self._stopping and not self._running and not self._unconfirmed
 
     async def _serve_connection(self) -> bool:
         """One connection's life; True if it got as far as subscribing."""
@@ -222,7 +215,7 @@ class TaskWorker(TaskCalls):
                 logger.info(
                     "connected to %s as %s, serving %s", self.ws_url, self.client_id, self.keys
                 )
-                await self._flush_outbox()
+                await self._reannounce()
                 self._maybe_quit()
                 async for message in ws:
                     self._on_message(message)
@@ -249,14 +242,15 @@ class TaskWorker(TaskCalls):
         check_auth_reply(await ws.recv())
         prefetch = max(1, min(MAX_PREFETCH, self.limit - len(self._running)))
         subscribe = {"type": "subscribe", "keys": self.keys, "client_id": self.client_id}
-        await ws.send(json.dumps({**subscribe, "prefetch": prefetch, "reports_outcomes": True}))
+        # ``limit``: the server sends a run only while we hold fewer than that in any state, so
+        # a busy worker is never sent one it cannot start while another worker could.
+        outcomes = {"reports_outcomes": True, "limit": self.limit}
+        await ws.send(json.dumps({**subscribe, "prefetch": prefetch, **outcomes}))
 
-    async def _flush_outbox(self) -> None:
-        """Report outcomes of runs that finished while the connection was down."""
-        while self._outbox and self._ws is not None:
-            await self._ws.send(self._outbox[0])
-            self._outbox.pop(0)
-            self._maybe_quit()
+    def _on_idle(self) -> None:
+        if self._stopping and self._stop_event is not None:
+            self._stop_event.set()
+        self._maybe_quit()
 
     def _maybe_quit(self) -> None:
         """Once stopping and idle: ask the server to take back unacked runs and close."""
@@ -274,111 +268,3 @@ class TaskWorker(TaskCalls):
             pass
         finally:
             await ws.close()
-
-    # -- runs ---------------------------------------------------------------------------------
-
-    def _on_message(self, message: str | bytes) -> None:
-        """A frame from the server: a run to take (when a slot is free) or to keep for later."""
-        try:
-            run = json.loads(message)
-        except ValueError:
-            logger.warning("ignoring a frame that is not JSON: %.200r", message)
-            return
-        if not isinstance(run, dict) or "id" not in run or "task_key" not in run:
-            logger.warning("ignoring a frame that is not a task run: %.200r", message)
-            return
-        if self._stopping:
-            return  # not acked: handed back to the server by our quit
-        if len(self._running) < self.limit:
-            self._take(run)
-        else:
-            self._waiting.append(run)
-
-    def _take(self, run: dict[str, Any]) -> None:
-        """Ack it, report it started, and run it; the slot was checked by the caller."""
-        run_id = str(run["id"])
-        ws = self._ws
-        if ws is None or run_id in self._running:
-            return
-        task = asyncio.get_running_loop().create_task(self._execute(ws, run))
-        self._running[run_id] = task
-        task.add_done_callback(partial(self._on_done, run_id))
-
-    def _on_done(self, run_id: str, task: asyncio.Task) -> None:
-        self._running.pop(run_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("run %s: worker error", run_id, exc_info=task.exception())
-        while self._waiting and len(self._running) < self.limit and not self._stopping:
-            self._take(self._waiting.popleft())
-        if self._stopping and self._stop_event is not None:
-            self._stop_event.set()
-        self._maybe_quit()
-
-    async def _execute(self, ws: ClientConnection, run: dict[str, Any]) -> None:
-        run_id, key = str(run["id"]), str(run["task_key"])
-        if key not in self.functions:
-            # Not ours: the server only sends subscribed keys, so this is a server's mistake.
-            # Report it failed (retried elsewhere if it has retries left) rather than crash.
-            message = f"no task registered for key {key!r} on worker {self.client_id}"
-            try:
-                await ws.send(json.dumps({"type": "ack", "id": run_id}))
-            except ConnectionClosed:
-                return  # not acked: the server already has it back
-            await self._report(run, 0.0, error=OutcomeError("UnknownTaskKey", message).error)
-            return
-        try:
-            # A slot is free: ack the run (the protocol's step 4), then report it started (step
-            # 5). Both state writes usually merge into one in the server's records batch.
-            quoted = json.dumps(run_id)
-            await ws.send(f'{{"type":"ack","id":{quoted}}}')
-            await ws.send(f'{{"type":"started","id":{quoted}}}')
-        except ConnectionClosed:
-            return  # never started here: the server gives it to the next worker
-        started = time.perf_counter()
-        try:
-            text = self.result_json(key, await self.invoke(key, run))
-        except asyncio.CancelledError:
-            logger.warning("run %s %s cancelled (worker stopping)", key, run_id)
-            raise
-        except OutcomeError as exc:
-            await self._report(run, started, error=exc.error)
-        except Exception as exc:
-            await self._report(run, started, error=error_of(exc))
-        else:
-            await self._report(run, started, result_json=text)
-
-    async def _report(
-        self,
-        run: dict[str, Any],
-        started: float,
-        result_json: str = "null",
-        error: dict[str, Any] | None = None,
-    ) -> None:
-        run_id, key = str(run["id"]), run["task_key"]
-        elapsed_ms = (time.perf_counter() - started) * 1000 if started else 0.0
-        if error is None:
-            # The result is JSON already (checked, and sized, once): splice it in.
-            message = f'{{"type":"completed","id":{json.dumps(run_id)},"result":{result_json}}}'
-            logger.info("run %s %s completed in %.1f ms", key, run_id, elapsed_ms)
-        else:
-            message = json.dumps({"type": "failed", "id": run_id, "error": error})
-            logger.info(
-                "run %s %s failed in %.1f ms: %s: %s",
-                key,
-                run_id,
-                elapsed_ms,
-                error["type"],
-                error["message"],
-            )
-        self.completed += 1
-        await self._send(self._ws, message)
-
-    async def _send(self, ws: ClientConnection | None, message: str) -> None:
-        """Send now if connected, else keep it for the next connection (outcomes are not lost)."""
-        if ws is not None and ws is self._ws:
-            try:
-                await ws.send(message)
-                return
-            except ConnectionClosed:
-                pass
-        self._outbox.append(message)

@@ -1,0 +1,101 @@
+"""Runs stranded with a vanished worker are given back: nothing stays PENDING or RUNNING forever.
+
+A run recorded PENDING (acked) or RUNNING by a worker that reports outcomes, that no live
+connection holds, and whose record has not changed for ``TASKQUEUE["ORPHAN_TIMEOUT"]`` seconds,
+is an orphan: its worker is gone (a server restart it never came back from, a dead server
+process) and had that long to reconnect and say what became of it. PENDING goes back to the
+front of its retry lane; RUNNING becomes CRASHED and is retried if it has retries left.
+
+One sweep every half timeout, in the server's loop, is a query of an indexed column; no sweep
+gives anything back before the server has run for one whole timeout, so that workers always
+get that long to reconnect after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+from asgiref.sync import sync_to_async
+
+from . import lifecycle
+from .conf import taskqueue_settings
+from .models import TaskRunRecord
+from .queues import get_queues
+from .records import writer
+from .schemas import TaskRun, now
+from .states import StateType
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ORPHAN_ERROR", "Sweeper", "sweep"]
+
+ORPHAN_ERROR = {
+    "type": "taskqueue_app.errors.Orphaned",
+    "message": "the run's worker vanished and did not come back within ORPHAN_TIMEOUT",
+    "traceback": None,
+}
+# The holder name under which orphans pass through the engine on their way back.
+SWEEPER = "taskqueue-orphan-sweeper"
+WATCHED = ("Pending", "Running")  # "Delivered" (a Prefect client's) is the worker's for good
+
+
+def _stranded(before: datetime) -> list[TaskRun]:
+    records = TaskRunRecord.objects.filter(
+        state_type__in=(StateType.PENDING, StateType.RUNNING),
+        state_name__in=WATCHED,
+        updated__lt=before,
+    ).order_by("updated")
+    return [TaskRun.from_record(record) for record in records]
+
+
+async def sweep(timeout: float) -> int:
+    """Give back every run stranded for ``timeout`` seconds; how many were."""
+    await writer.flush()  # the records must show the state changes still being written
+    candidates = await sync_to_async(_stranded)(now() - timedelta(seconds=timeout))
+    queues = get_queues()
+    given = 0
+    for run in candidates:
+        if await queues.find_held(run.id) is not None:
+            continue  # a live connection has it: its worker came back
+        given += 1
+        if run.state_type == StateType.RUNNING:
+            await lifecycle.crash(run, ORPHAN_ERROR)
+            continue
+        back = run.with_state(StateType.SCHEDULED, "Scheduled")
+        writer.update(back)
+        # Through the engine's own give-back, so that it goes first in line like any release.
+        await queues.hold(SWEEPER, back)
+        await queues.release(SWEEPER)
+    if given:
+        logger.warning("gave back %d run(s) whose worker vanished (ORPHAN_TIMEOUT)", given)
+    return given
+
+
+class Sweeper:
+    """The periodic sweep of one server process, started with the server, stopped with it."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.task is None or self.task.done():
+            loop = asyncio.get_running_loop()
+            self.task = loop.create_task(self._run(), name="taskqueue-orphans")
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _run(self) -> None:
+        timeout = float(taskqueue_settings.ORPHAN_TIMEOUT)
+        # Workers get one whole timeout after the start to reconnect before anything is swept.
+        await asyncio.sleep(timeout)
+        while True:
+            try:
+                await sweep(timeout)
+            except Exception:
+                logger.exception("the orphan sweep failed; trying again later")
+            await asyncio.sleep(max(0.05, timeout / 2))
