@@ -1,7 +1,8 @@
 """Settings of the example project that serves taskqueue_app with Daphne.
 
 Environment variables let tests and deployments run the same project against another database
-file or with a token: ``TASKQUEUE_DB``, ``TASKQUEUE_AUTH_TOKEN``, ``DJANGO_DEBUG``.
+file or with a token: ``TASKQUEUE_DB``, ``TASKQUEUE_AUTH_TOKEN``, ``TASKQUEUE_ORPHAN_TIMEOUT``,
+``DJANGO_DEBUG``.
 """
 
 import os
@@ -83,6 +84,7 @@ DATABASES = {
 TASKQUEUE = {
     "AUTH_TOKEN": os.environ.get("TASKQUEUE_AUTH_TOKEN") or None,
     "SERVER_URL": os.environ.get("TASKQUEUE_SERVER_URL", "http://127.0.0.1:8000/api"),
+    "ORPHAN_TIMEOUT": float(os.environ.get("TASKQUEUE_ORPHAN_TIMEOUT", 60)),
 }
 
 # The Django Tasks framework (django.tasks on Django 6, the django-tasks backport on 5.2) hands

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
 from .workers import queue_rows, workers
 
 JSON_TYPE = "application/json"
+logger = logging.getLogger(__name__)
 
 View = Callable[..., Awaitable[HttpResponse]]
 
@@ -92,7 +94,13 @@ def api_view(*methods: str, permission: str | None = None) -> Callable[[View], V
             try:
                 return await protected(request, *args, **kwargs)
             except HttpError as exc:
-                return error_response(exc.status, exc.message, exc.headers)
+                response = error_response(exc.status, exc.message, exc.headers)
+                if exc.status == 503:
+                    # Backpressure, not a fault: a warning here, and not Django's ERROR (which
+                    # would email ADMINS once for every producer told to come back later).
+                    logger.warning("%s %s: 503 %s", request.method, request.path, exc.message)
+                    response._has_been_logged = True
+                return response
 
         return csrf_exempt(wrapped)
 

@@ -33,3 +33,24 @@ def slow(tag, seconds):
     print(f"slow-started {tag}", file=sys.stderr, flush=True)
     time.sleep(seconds)  # the work itself
     return tag
+
+
+def exits(code):
+    """Calls ``sys.exit(code)``: a task, not the worker, decided to stop."""
+    sys.exit(code)
+
+
+def interrupts():
+    """Raises KeyboardInterrupt, as a task that catches Ctrl-C badly might."""
+    raise KeyboardInterrupt
+
+
+async def exits_async():
+    """An async task that raises SystemExit in the worker's own loop."""
+    await asyncio.sleep(0)
+    raise SystemExit(4)
+
+
+def leaks_generator_exit():
+    """Lets a GeneratorExit escape, as user code closing generators wrongly can."""
+    raise GeneratorExit

@@ -56,6 +56,11 @@ class RunBook(TaskCalls):
         self._attempts: dict[str, int] = {}  # id -> the attempt a run in hand is
         self._background: set[asyncio.Task] = set()
 
+    @property
+    def unconfirmed_reports(self) -> int:
+        """Reports (outcomes) sent or waiting to be sent that the server has not confirmed."""
+        return len(self._unconfirmed)
+
     # -- frames from the server ---------------------------------------------------------------
 
     def _on_message(self, message: str | bytes) -> None:
