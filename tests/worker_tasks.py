@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 
@@ -54,3 +55,17 @@ async def exits_async():
 def leaks_generator_exit():
     """Lets a GeneratorExit escape, as user code closing generators wrongly can."""
     raise GeneratorExit
+
+
+def tally(log_path, token, seconds):
+    """Notes its start and its end (with the worker's pid) in ``log_path``; returns ``token``.
+
+    Lines of a few bytes appended to a file opened for appending land whole, whichever of the
+    worker processes writes them.
+    """
+    with open(log_path, "a") as log:
+        log.write(f"start {token} {os.getpid()}\n")
+    time.sleep(seconds)
+    with open(log_path, "a") as log:
+        log.write(f"end {token} {os.getpid()}\n")
+    return token
