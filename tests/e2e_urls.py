@@ -11,6 +11,7 @@ from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
+from project.tasks import add
 from project.urls import urlpatterns as project_urlpatterns
 from taskqueue_app.tasks_compat import task
 

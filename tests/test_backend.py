@@ -41,6 +41,7 @@ from taskqueue_app.worker.django_worker import DjangoTaskWorker
 from tests.worker_helpers import ROOT, api, start_django_worker, terminate_gently, wait_for_state
 
 ADD = "project.tasks.add"
+WHEN_SERVED = "tests.e2e_urls.add_when_served"  # the test views' task
 DB = pytest.mark.django_db(transaction=True)
 
 
@@ -298,12 +299,23 @@ def _wait_for_status(server: ProjectServer, result_id: str, timeout: float = 20.
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(("view", "thread"), [("enqueue-sync", "other"), ("enqueue-async", "main")])
 def test_enqueue_from_a_view_and_read_the_result_back(server, view, thread):
+    # The views enqueue a task no worker serves yet, so what they read back is determined: the
+    # run waits in its queue, READY, until this test starts a worker for it.
     answer = _get_json(server, f"test/{view}?a=20&b=22")
-    assert (answer["status"], answer["task"]) == ("READY", ADD)
-    assert answer["read_back"] in ("READY", "RUNNING", "SUCCESSFUL")
+    assert (answer["status"], answer["task"]) == ("READY", WHEN_SERVED)
+    assert answer["read_back"] == "READY"
     assert (answer["thread"] == "MainThread") is (thread == "main")
-    body = _wait_for_status(server, answer["id"])
-    assert body == {"status": "SUCCESSFUL", "attempts": 1, "return_value": 42}
+    status, queues = api(server, "GET", "task_queues/")
+    assert status == 200
+    (row,) = [q for q in queues if q["task_key"] == WHEN_SERVED]
+    assert (row["scheduled_size"], row["held"], row["workers"]) == (1, 0, 0)
+    assert _get_json(server, f"test/result/{answer['id']}") == {"status": "READY", "attempts": 0}
+    worker = start_django_worker(server, WHEN_SERVED)
+    try:
+        body = _wait_for_status(server, answer["id"])
+        assert body == {"status": "SUCCESSFUL", "attempts": 1, "return_value": 42}
+    finally:
+        terminate_gently(worker)
 
 
 SHELL_ENQUEUE = """

@@ -4,34 +4,22 @@ and none completes twice."""
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
 from project.servers import ProjectServer
 from tests.worker_helpers import (
-    api,
     create_run,
     read_run,
     start_cli_worker,
     terminate_gently,
+    wait_for_queue_row,
     wait_for_state,
+    wait_until_held,
 )
 
 pytestmark = pytest.mark.timeout(90)
 SLOW = "tests.worker_tasks.slow"
-
-
-def wait_until_held(server: ProjectServer, run_id: str, timeout: float = 10.0) -> None:
-    """Poll the workers list until some worker holds ``run_id`` unacked."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, workers = api(server, "POST", "task_workers/filter", {})
-        assert status == 200, workers
-        if any(run_id in worker["held"] for worker in workers):
-            return
-        assert time.monotonic() < deadline, f"no worker holds {run_id}: {workers}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -66,8 +54,9 @@ def test_a_run_started_by_a_killed_worker_is_retried_elsewhere_and_completes_onc
     assert rescuer.count("slow-started survivor") == 1
 
 
-def test_a_killed_worker_s_unstarted_runs_go_back_at_once_and_started_ones_crash(server):
-    # limit=1: the worker runs "held" and keeps "waiting" delivered but unacked (prefetch).
+def test_a_killed_worker_s_started_run_crashes_and_the_run_waiting_behind_it_is_not_lost(server):
+    # limit=1: while "held" runs, the server sends this worker nothing more ('limit' in its
+    # subscribe), so "waiting" stays in the server's queue, out of the doomed worker's hands.
     doomed = start_cli_worker(server, SLOW, limit=1)
     rescuer = None
     try:
@@ -76,12 +65,18 @@ def test_a_killed_worker_s_unstarted_runs_go_back_at_once_and_started_ones_crash
         waiting = create_run(server, SLOW, "waiting", 0.1)
         doomed.wait_for("slow-started held")
         wait_for_state(server, held["id"], "RUNNING")
-        wait_until_held(server, waiting["id"])  # delivered to it, not acked
+        holder = wait_until_held(server, held["id"])
+        assert holder["held"] == [held["id"]]
+        wait_for_queue_row(server, SLOW, scheduled_size=1, retry_size=0, held=1)
         doomed.signal(signal.SIGKILL)
         doomed.wait()
         crashed = wait_for_state(server, held["id"], "CRASHED")
         assert crashed["error"]["type"] == "Crashed"
         assert crashed["run_count"] == 1
+        # The record alone cannot tell a run waiting in its queue from one stuck with a dead
+        # connection (both read SCHEDULED, run_count 0): the queue shows it waiting, before any
+        # other worker connects, and the dead connection holding nothing any more.
+        wait_for_queue_row(server, SLOW, waiting=1, held=0)
         back = read_run(server, waiting["id"])
         assert (back["state_type"], back["run_count"]) == ("SCHEDULED", 0)
         rescuer = start_cli_worker(server, SLOW, limit=1)

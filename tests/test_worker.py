@@ -18,7 +18,9 @@ from tests.worker_helpers import (
     read_run,
     start_cli_worker,
     terminate_gently,
+    wait_for_queue_row,
     wait_for_state,
+    wait_until_held,
 )
 
 E2E = pytest.mark.timeout(90)
@@ -201,26 +203,38 @@ def test_the_worker_survives_a_server_restart_and_reports_what_it_was_running():
 
 
 @E2E
-def test_sigterm_finishes_the_running_run_and_hands_back_the_waiting_one(server):
+def test_sigterm_finishes_the_running_run_and_leaves_the_waiting_one_to_the_next_worker(server):
     worker = start_cli_worker(server, SLOW, limit=1)
     try:
         worker.wait_for("connected to ")
-        first = create_run(server, SLOW, "first", 1.0)
+        first = create_run(server, SLOW, "first", 1.5)
         second = create_run(server, SLOW, "second", 0.1)
         worker.wait_for("slow-started first")
+        # Where the second run is when the signal comes: in the server's queue. The worker
+        # subscribed with limit=1, and a worker at its limit is sent nothing it could not start.
+        holder = wait_until_held(server, first["id"])
+        assert holder["held"] == [first["id"]]
+        wait_for_queue_row(server, SLOW, scheduled_size=1, retry_size=0, held=1)
+        assert read_run(server, second["id"])["state_type"] == "SCHEDULED"
         worker.signal(signal.SIGTERM)
         assert worker.wait(20) == 0
     finally:
         worker.stop()
     assert worker.count("stopping: finishing 1 running run") == 1
     assert read_run(server, first["id"])["state_type"] == "COMPLETED"
+    # The stopping worker took nothing more: once the first run's slot was free the server may
+    # have sent it the second, which it then handed back unstarted (to the front of the retry
+    # lane) instead of running it. Either way the run waits in a lane, held by no one.
+    wait_for_queue_row(server, SLOW, waiting=1, held=0)
     waiting = read_run(server, second["id"])
     assert (waiting["state_type"], waiting["run_count"]) == ("SCHEDULED", 0)
     assert worker.count("slow-started second") == 0
-    # Handed back, not lost: the next worker runs it.
+    # Not lost: the next worker runs it, as its first attempt.
     other = start_cli_worker(server, SLOW, limit=1)
     try:
-        assert wait_for_state(server, second["id"])["result"] == "second"
+        done = wait_for_state(server, second["id"])
+        assert (done["state_type"], done["result"], done["run_count"]) == ("COMPLETED", "second", 1)
+        other.wait_for("slow-started second")
     finally:
         terminate_gently(other)
 

@@ -170,6 +170,40 @@ def wait_for_state(
         time.sleep(0.05)
 
 
+def wait_until_held(server: ProjectServer, run_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Poll the workers list until some worker holds ``run_id``; that worker's entry."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, workers = api(server, "POST", "task_workers/filter", {})
+        assert status == 200, workers
+        for worker in workers:
+            if run_id in worker["held"]:
+                return worker
+        assert time.monotonic() < deadline, f"no worker holds {run_id}: {workers}"
+        time.sleep(0.05)
+
+
+def wait_for_queue_row(
+    server: ProjectServer, task_key: str, timeout: float = 10.0, **expected: int
+) -> dict[str, Any]:
+    """Poll the queues list until ``task_key``'s row has the ``expected`` values; the row.
+
+    Besides the row's own fields (``scheduled_size``, ``retry_size``, ``held``...), ``waiting``
+    is the runs in either lane: a run handed back goes to the front of the retry lane.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        status, rows = api(server, "GET", "task_queues/")
+        assert status == 200, rows
+        row = next((row for row in rows if row["task_key"] == task_key), None)
+        if row is not None:
+            row = {**row, "waiting": row["scheduled_size"] + row["retry_size"]}
+            if all(row[name] == value for name, value in expected.items()):
+                return row
+        assert time.monotonic() < deadline, f"{task_key}: not {expected} in {timeout}s: {row}"
+        time.sleep(0.05)
+
+
 def terminate_gently(worker: WorkerProcess) -> None:
     """SIGTERM and wait (the worker finishes what it runs)."""
     if worker.process.poll() is None:
@@ -187,5 +221,7 @@ __all__ = [
     "start_django_worker",
     "terminate_gently",
     "wait_for_state",
+    "wait_for_queue_row",
+    "wait_until_held",
     "worker_env",
 ]
