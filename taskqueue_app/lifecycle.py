@@ -22,14 +22,7 @@ from .conf import taskqueue_settings
 from .models import TaskRunRecord
 from .queues import RETRY, SCHEDULED, QueueFull, get_queues
 from .records import aread, writer
-from .schemas import (
-    TaskRun,
-    ValidationError,
-    check_storable,
-    now,
-    run_from_request,
-    storable_copy,
-)
+from .schemas import TaskRun, ValidationError, check_storable, now, run_from_request, storable_copy
 from .states import FINISHED_STATES, TERMINAL_STATES, StateType
 
 logger = logging.getLogger(__name__)
