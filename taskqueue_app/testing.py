@@ -260,3 +260,32 @@ async def take_now(task_key: str) -> Any:
     """The next run waiting in a lane of ``task_key`` right now (retry lane first)."""
     assert await queued(task_key) > 0, f"no run of {task_key!r} is waiting in its lanes"
     return await take(task_key)
+
+
+# -- a worker connection at the ASGI level, for tests of the consumer ------------------------------
+
+SUBSCRIPTION_PATH = "/api/task_runs/subscriptions/scheduled"
+
+
+async def subscriber(
+    application: Any,
+    keys: list[str] | tuple[str, ...],
+    client_id: str = "worker-1",
+    token: str | None = None,
+    path: str = SUBSCRIPTION_PATH,
+    timeout: float = 3.0,
+    **subscribe: Any,
+) -> Any:
+    """A Channels ``WebsocketCommunicator`` on ``application`` that has authenticated and sent
+    its ``subscribe`` (``subscribe`` adds fields: ``prefetch``, ``reports_outcomes``, ...)."""
+    from channels.testing import WebsocketCommunicator
+
+    comm = WebsocketCommunicator(application, path, subprotocols=["prefect"])
+    connected, subprotocol = await comm.connect(timeout)
+    assert connected, subprotocol
+    await comm.send_json_to({"type": "auth", "token": token})
+    assert await comm.receive_json_from(timeout) == {"type": "auth_success"}
+    await comm.send_json_to(
+        {"type": "subscribe", "keys": list(keys), "client_id": client_id, **subscribe}
+    )
+    return comm

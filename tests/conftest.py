@@ -2,7 +2,8 @@
 
 import pytest
 
-from taskqueue_app import testing
+from taskqueue_app import server, testing
+from taskqueue_app.records import writer
 
 
 @pytest.fixture(autouse=True)
@@ -11,3 +12,12 @@ def _reset_task_queues():
     testing.reset()
     yield
     testing.reset()
+
+
+@pytest.fixture
+async def serving():
+    """This test's loop is the server's: started as the server starts it (restore first), and
+    the record writer done before the test's database is flushed."""
+    await server.ensure_started()
+    yield
+    await writer.flush()

@@ -21,25 +21,15 @@ from project.asgi import application
 from taskqueue_app import lifecycle, protocol, server
 from taskqueue_app.consumers import SubscriptionConsumer, live_subscriptions
 from taskqueue_app.queues import RETRY, get_queues
-from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, now
-from taskqueue_app.testing import queued
+from taskqueue_app.testing import queued, subscriber
 from taskqueue_app.workers import workers
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("serving")]
 
 URL = "/api/task_runs/subscriptions/scheduled"
 TOKEN = "s3cret-token"
 WAIT = 3  # seconds a communicator waits for a frame: generous, the suite shares 2 cores
-
-
-@pytest.fixture(autouse=True)
-async def _started():
-    """Start the lifecycle as the server would (restore first), and let the record writer
-    finish before the test's database is flushed."""
-    await server.ensure_started()
-    yield
-    await writer.flush()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -60,11 +50,7 @@ async def authed(token=None, app=application) -> WebsocketCommunicator:
 
 
 async def subscribed(keys, client_id="worker-1", app=application, **extra):
-    comm = await authed(app=app)
-    await comm.send_json_to(
-        {"type": "subscribe", "keys": list(keys), "client_id": client_id, **extra}
-    )
-    return comm
+    return await subscriber(app, keys, client_id, **extra)
 
 
 async def closed_with(comm: WebsocketCommunicator) -> tuple[int, str | None]:

@@ -6,21 +6,13 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from taskqueue_app import protocol, server
+from taskqueue_app import protocol
 from taskqueue_app.consumers import live_subscriptions
-from taskqueue_app.records import writer
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("serving")]
 
 URL = "/api/task_runs/subscriptions/scheduled"
 WAIT = 3
-
-
-@pytest.fixture(autouse=True)
-async def _started():
-    await server.ensure_started()
-    yield
-    await writer.flush()
 
 
 async def close_of(comm: WebsocketCommunicator) -> dict:

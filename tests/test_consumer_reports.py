@@ -9,34 +9,18 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from taskqueue_app import lifecycle, protocol, server
+from taskqueue_app import lifecycle, protocol
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import get_queues
-from taskqueue_app.records import writer
-from taskqueue_app.testing import queued
+from taskqueue_app.testing import queued, subscriber
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("serving")]
 
-URL = "/api/task_runs/subscriptions/scheduled"
 WAIT = 3
 
 
-@pytest.fixture(autouse=True)
-async def _started():
-    await server.ensure_started()
-    yield
-    await writer.flush()
-
-
 async def subscribed(keys, client_id="w1", **extra) -> WebsocketCommunicator:
-    comm = WebsocketCommunicator(application, URL, subprotocols=["prefect"])
-    connected, _ = await comm.connect(WAIT)
-    assert connected
-    await comm.send_json_to({"type": "auth", "token": None})
-    assert await comm.receive_json_from(WAIT) == {"type": "auth_success"}
-    subscribe = {"type": "subscribe", "keys": list(keys), "client_id": client_id}
-    await comm.send_json_to({**subscribe, "reports_outcomes": True, **extra})
-    return comm
+    return await subscriber(application, keys, client_id, **{"reports_outcomes": True, **extra})
 
 
 async def create(key: str = "k") -> uuid.UUID:
