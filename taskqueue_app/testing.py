@@ -289,3 +289,69 @@ async def subscriber(
         {"type": "subscribe", "keys": list(keys), "client_id": client_id, **subscribe}
     )
     return comm
+
+
+# -- a throwaway Redis, for tests of the Redis engine ----------------------------------------------
+
+
+class RedisServer:
+    """Debian's ``redis-server`` on a unix socket in a temporary directory, with no persistence,
+    stopped by its PID. ``location`` is the engine's ``LOCATION`` (``unix://...``).
+
+    ``RedisServer.available()`` says whether ``redis-server`` is installed; use as a context
+    manager, or call ``start()`` / ``stop()``.
+    """
+
+    def __init__(self) -> None:
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.process: subprocess.Popen | None = None
+        self.socket: Path | None = None
+
+    @staticmethod
+    def available() -> bool:
+        import shutil
+
+        return shutil.which("redis-server") is not None
+
+    @property
+    def location(self) -> str:
+        assert self.socket is not None, "the Redis server is not started"
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        self._tmp = tempfile.TemporaryDirectory(prefix="taskqueue-redis-")
+        self.socket = Path(self._tmp.name) / "redis.sock"
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port", "0",
+                "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self._tmp.name,
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis-server did not open its socket")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        end_process(process, signal.SIGTERM, 10.0)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,5 +1,7 @@
 """Fixtures shared by the whole suite."""
 
+import os
+
 import pytest
 
 from taskqueue_app import server, testing
@@ -21,3 +23,22 @@ async def serving():
     await server.ensure_started()
     yield
     await writer.flush()
+
+
+def require(available: bool, reason: str) -> None:
+    """Skip with ``reason`` where a part is missing; under CI a missing part is a failure."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI must install it: see .ci/run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One throwaway redis-server for the session (a unix socket, no persistence)."""
+    require(testing.RedisServer.available(), "redis-server is not installed (Debian: redis-server)")
+    with testing.RedisServer() as server:
+        yield server
+
+

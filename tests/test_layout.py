@@ -36,7 +36,7 @@ SERVER_SIDE = {
     "workers",
 }
 # What the engines may import of the app: nothing above them.
-ENGINE_ALLOWED = {"conf", "errors", "lanes", "queues", "states", "task_queue"}
+ENGINE_ALLOWED = {"conf", "errors", "lanes", "queues", "schemas", "states", "task_queue"}
 
 
 def module_name(path: Path) -> str:

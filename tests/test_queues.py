@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from datetime import timedelta
 
@@ -196,10 +197,15 @@ async def test_claim_records_the_holder_in_the_hand_over(engine):  # noqa: F811
     await asyncio.sleep(0)
     run = make_run()
     await engine.enqueue(run)
-    # The claimer has not resumed yet, but the run is already in its hands, not in a future.
-    found = await engine.find_held(run.id)
-    assert found is not None and found.holder == "h"
-    await asyncio.wait_for(waiting, WAIT)
+    # Until the claim returns, the run is in its lane or already in the claimer's hands: never
+    # in between (the lane is read first, so a move between the two reads is seen as held).
+    while not waiting.done():
+        in_lane = (await row(engine, "k"))["scheduled_size"]
+        found = await engine.find_held(run.id)
+        assert in_lane == 1 or (found is not None and found.holder == "h")
+        await asyncio.sleep(0)
+    assert (await waiting).id == run.id
+    assert (await engine.find_held(run.id)).holder == "h"
 
 
 async def test_two_claimers_never_share_a_run(engine):  # noqa: F811
@@ -218,13 +224,20 @@ async def test_claim_cancelled_in_the_tick_of_the_hand_over_puts_the_run_back_fi
     waiting = asyncio.ensure_future(engine.claim("h", ["k"]))
     await asyncio.sleep(0)
     handed = make_run()
-    await engine.enqueue(handed)  # handed to the waiter, which has not resumed
+    await engine.enqueue(handed)  # on its way to the waiter, which has not resumed
     later = make_run()
     await engine.enqueue(later)
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
-    assert await engine.held("h") == []
-    assert [r.id for r in await drain(engine, ["k"])] == [handed.id, later.id]
+    if waiting.cancelled():
+        # The cancelled claim took nothing for good: its run is first in line again.
+        assert await engine.held("h") == []
+        assert [r.id for r in await drain(engine, ["k"])] == [handed.id, later.id]
+    else:
+        # The claim had already returned (an engine across the network): it holds its run.
+        assert waiting.result().id == handed.id
+        assert [r.id for r in await engine.held("h")] == [handed.id]
+        assert [r.id for r in await drain(engine, ["k"])] == [later.id]
 
 
 # -- holding, acking, releasing ------------------------------------------------------------------
@@ -384,3 +397,27 @@ async def test_reset_forgets_everything(engine):  # noqa: F811
     assert await engine.snapshot() == []
     assert await engine.connections() == []
     assert await engine.mark_restored() is True
+
+
+async def test_claims_cancelled_at_random_moments_around_the_hand_over_lose_nothing(
+    engine,  # noqa: F811
+):
+    """The race a blocking pop loses runs to: a waiter cancelled while its run is on its way."""
+    rng = random.Random(7)
+    for trial in range(150):
+        waiting = asyncio.ensure_future(engine.claim("h", ["k"]))
+        await asyncio.sleep(0)
+        run = make_run()
+        await engine.enqueue(run)
+        await asyncio.sleep(rng.choice((0, 0, 0.0001, 0.0003, 0.001)))
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        held = await engine.held("h")
+        if waiting.cancelled():
+            assert held == [], f"trial {trial}: a cancelled claim kept its run"
+        else:
+            assert [r.id for r in held] == [waiting.result().id]
+            await engine.ack("h", waiting.result().id)
+        left = [r.id for r in await drain(engine, ["k"])]
+        taken = [] if waiting.cancelled() else [waiting.result().id]
+        assert taken + left == [run.id], f"trial {trial}: lost or doubled: {taken} {left}"

@@ -60,8 +60,12 @@ async def test_no_run_is_lost_or_duplicated(engine, seed):  # noqa: F811
             held = await engine.held(holder)
             if held:
                 run = rng.choice(held)
-                assert (await engine.ack(holder, run.id)).id == run.id
-                acked.append(run.id)
+                # Still held when acked, unless a cancelled claim gave it back meanwhile (an
+                # engine across the network lets other tasks run between the two calls).
+                taken = await engine.ack(holder, run.id)
+                if taken is not None:
+                    assert taken.id == run.id
+                    acked.append(run.id)
         elif action < 0.82:
             await engine.release(rng.choice(holders))
         elif action < 0.88 and accepted:
