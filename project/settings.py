@@ -2,7 +2,8 @@
 
 Environment variables let tests and deployments run the same project against another database
 file or with a token: ``TASKQUEUE_DB``, ``TASKQUEUE_AUTH_TOKEN``, ``TASKQUEUE_ORPHAN_TIMEOUT``,
-``DJANGO_DEBUG``.
+``DJANGO_DEBUG``; ``TASKQUEUE_REDIS_URL`` (and ``_PREFIX``, ``_HEARTBEAT``, ``_ALIVE_TTL``) choose
+the Redis engine.
 """
 
 import os
@@ -86,6 +87,17 @@ TASKQUEUE = {
     "SERVER_URL": os.environ.get("TASKQUEUE_SERVER_URL", "http://127.0.0.1:8000/api"),
     "ORPHAN_TIMEOUT": float(os.environ.get("TASKQUEUE_ORPHAN_TIMEOUT", 60)),
 }
+if os.environ.get("TASKQUEUE_REDIS_URL"):
+    # Several server processes on one Redis (make run-redis; the multi-process tests).
+    TASKQUEUE["QUEUES"] = {
+        "BACKEND": "taskqueue_app.queues.redis.RedisQueues",
+        "LOCATION": os.environ["TASKQUEUE_REDIS_URL"],
+        "OPTIONS": {
+            "PREFIX": os.environ.get("TASKQUEUE_REDIS_PREFIX", "{taskqueue}"),
+            "HEARTBEAT": float(os.environ.get("TASKQUEUE_REDIS_HEARTBEAT", 2)),
+            "ALIVE_TTL": float(os.environ.get("TASKQUEUE_REDIS_ALIVE_TTL", 10)),
+        },
+    }
 
 # The Django Tasks framework (django.tasks on Django 6, the django-tasks backport on 5.2) hands
 # task runs to taskqueue_app; `manage.py taskworker` runs them.
