@@ -17,7 +17,7 @@ VENVP ?= .venv-prefect
 PREFECT ?= prefect==3.9.1
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate test test-django6 test-prefect lint format bench wheel clean print-python312
+.PHONY: install run run-redis migrate test test-django6 test-prefect lint format bench wheel clean print-python312
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ migrate: install
 
 run: migrate
 	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
+
+# Two server processes and a Redis of their own, on ports PORT and PORT+1; Ctrl-C stops all.
+run-redis: install
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python -m project.run_redis
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
