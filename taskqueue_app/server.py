@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ __all__ = [
     "ensure_started",
     "in_serving_loop",
     "on_shutdown",
+    "producer_loop",
     "serving_loop",
     "shutdown",
 ]
@@ -79,6 +81,35 @@ def in_serving_loop() -> bool:
         return False
 
 
+_producer_lock = threading.Lock()
+_producer: asyncio.AbstractEventLoop | None = None
+
+
+def producer_loop() -> asyncio.AbstractEventLoop:
+    """A loop of this process's own, in a daemon thread, for a process that serves nothing but
+    talks to a shared engine (a WSGI site, a shell, a cron job with the Redis engine): its
+    creates run there, with one engine client and one records writer for the process's life."""
+    global _producer
+    with _producer_lock:
+        if _producer is None or _producer.is_closed():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name="taskqueue-producer", daemon=True
+            )
+            thread.start()
+            _producer = loop
+        return _producer
+
+
+def _loop_for_calls() -> asyncio.AbstractEventLoop | None:
+    """Where the queues of this process live: the server's loop, or with a shared engine and
+    no server here the producer loop; None when neither (then a call runs in a loop of its own)."""
+    loop = serving_loop()
+    if loop is None and get_queues().shared:
+        loop = producer_loop()
+    return loop
+
+
 def _submit(coro: Awaitable[T], loop: asyncio.AbstractEventLoop) -> Future:
     # A fresh context: a sync view's context carries its request's thread-sensitive executor,
     # and ORM calls of ``coro`` would queue behind the very thread that waits for it.
@@ -93,7 +124,7 @@ def call(function: Callable[..., Awaitable[T]], *args: Any, timeout: float = LOO
     test), in a loop of its own. Refused in the loop's own thread, where waiting would block
     the server.
     """
-    loop = serving_loop()
+    loop = _loop_for_calls()
     if loop is None:
         return async_to_sync(function)(*args)
     if in_serving_loop():
@@ -111,8 +142,8 @@ def call(function: Callable[..., Awaitable[T]], *args: Any, timeout: float = LOO
 
 async def acall(function: Callable[..., Awaitable[T]], *args: Any) -> T:
     """``function(*args)`` where the queues live, from async code of any loop."""
-    loop = serving_loop()
-    if loop is None or in_serving_loop():
+    loop = _loop_for_calls()
+    if loop is None or in_serving_loop() or asyncio.get_running_loop() is loop:
         return await function(*args)
     return await asyncio.wrap_future(_submit(function(*args), loop))
 

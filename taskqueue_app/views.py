@@ -30,7 +30,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import lifecycle
+from . import lifecycle, server
 from .auth import token_auth
 from .conf import taskqueue_settings
 from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
@@ -166,7 +166,9 @@ async def task_runs(request: HttpRequest) -> HttpResponse:
     """Create a run: 201 + run, or 200 + the run that has this (task_key, dynamic_key)."""
     data = read_json(request, required=True)
     try:
-        run, created = await lifecycle.create(data)
+        # In the server's loop here; in a process that serves nothing (a WSGI site with the
+        # Redis engine), in that process's producer loop.
+        run, created = await server.acall(lifecycle.create, data)
     except TooLargeError as exc:
         raise HttpError(413, str(exc)) from None
     except ValidationError as exc:

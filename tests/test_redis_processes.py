@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -12,10 +15,12 @@ from websockets.asyncio.client import connect
 
 from project.servers import ProjectServer
 from tests.worker_helpers import (
+    ROOT,
     api,
     create_run,
     read_run,
     start_cli_worker,
+    start_django_worker,
     terminate_gently,
     wait_for_state,
 )
@@ -125,3 +130,40 @@ def test_restarting_every_process_restores_each_recorded_run_once(site, redis_se
     (row,) = [r for r in rows if r["task_key"] == "tests.restore.k"]
     assert row["scheduled_size"] == 3, rows  # once, not once per process
     assert read_run(b, runs[0]["id"])["state_type"] == "SCHEDULED"
+
+
+PRODUCER = """
+import django
+django.setup()
+from django.test import Client
+from project.tasks import add
+
+result = add.enqueue(20, 22)
+answer = Client().post(
+    "/api/task_runs/", {"task_key": "project.tasks.add",
+    "parameters": {"args": [1, 2], "kwargs": {}}}, content_type="application/json")
+print(result.id, answer.status_code, answer.json()["id"])
+"""
+
+
+def test_a_producer_process_with_no_server_url_enqueues_straight_into_redis(site):
+    a, b = site
+    env = {
+        **os.environ,
+        **a.extra_env,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "TASKQUEUE_DB": str(a.database),
+        "TASKQUEUE_SERVER_URL": "",  # no HTTP hop to any server
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PRODUCER], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    task_id, status, view_id = done.stdout.split()
+    assert status == "201"
+    worker = start_django_worker(b, "project.tasks.add")
+    try:
+        assert wait_for_state(a, task_id)["result"] == 42
+        assert wait_for_state(b, view_id)["result"] == 3
+    finally:
+        terminate_gently(worker)

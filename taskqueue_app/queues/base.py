@@ -46,6 +46,10 @@ class Queues:
     ``params`` is that dict (``BACKEND``, ``LOCATION``, ``OPTIONS``), as Django's ``CACHES``.
     """
 
+    #: True when every process that names the same engine sees the same queues (Redis): then
+    #: any process may create runs directly, not only the server process.
+    shared = False
+
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         params = params or {}
         self.location: str | None = params.get("LOCATION")

@@ -59,6 +59,8 @@ def _load(payload: Any) -> TaskRun:
 class RedisQueues(Queues):
     """``Queues`` shared by every process that names the same Redis and prefix."""
 
+    shared = True
+
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self.prefix = str(self.options.get("PREFIX", "{taskqueue}"))
