@@ -1,0 +1,224 @@
+"""Stage scale_out: the Redis engine with producers in processes of their own.
+
+Two Daphne processes on one database and one Redis, a worker on each, and producer processes
+calling ``task.enqueue()`` (straight into Redis and the records: no HTTP, no ``SERVER_URL``);
+beside Celery 5 with Redis and results, measured in the same stage the same way (paced for
+latency, repeated bursts for throughput). The Redis CPU per run is reported beside Celery's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.peers import phases
+from bench.peers.celery_peer import measure_celery
+from bench.peers.common import measured_or_skipped
+from bench.peers.ours_peer import Records, start_worker, wait_for_worker
+from bench.peers.redis_server import RedisServer, stop
+
+NAME = "scale_out"
+PRODUCERS, LIMIT = 4, 10
+
+
+def _config(quick: bool) -> dict[str, Any]:
+    return {
+        "quick": quick,
+        "repeats": 3,
+        "runs": 1_000 if quick else 4_000,
+        "paced_runs": 100 if quick else 300,
+        "paced_rate": 100,
+        "warmup": 50,
+        "producers": PRODUCERS,
+        "limit": LIMIT,
+    }
+
+
+def _producer(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.peers.ours_producer", *args],
+        cwd=common.ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _paced(env: dict[str, str], count: int, rate: float) -> list[str]:
+    process = _producer(env, "paced", str(count), str(rate))
+    out, _ = process.communicate(timeout=600)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _burst(env: dict[str, str], count: int, producers: int) -> tuple[float, list[str]]:
+    shares = [count // producers + (i < count % producers) for i in range(producers)]
+    processes = [_producer(env, "burst", str(share)) for share in shares]
+    for process in processes:
+        assert process.stdout.readline().strip() == "ready"
+    started = phases.time.time()
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    ids: list[str] = []
+    for process in processes:
+        ids += json.loads(process.stdout.readline())
+        process.wait(60)
+    return started, ids
+
+
+def measure_ours_on_redis(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Two Daphne processes, a worker on each, producers in processes of their own."""
+    from project.servers import ProjectServer
+
+    with RedisServer(tmp) as redis:
+        env = {
+            "DJANGO_DEBUG": "0",
+            "TASKQUEUE_REDIS_URL": redis.url,
+            "TASKQUEUE_DB": str(tmp / "scale.sqlite3"),
+        }
+        servers = [
+            ProjectServer(
+                settings="bench.peers.ours_settings",
+                database=tmp / "scale.sqlite3",
+                env=env,
+                cwd=common.ROOT,
+            )
+            for _ in range(2)
+        ]
+        servers[0].start()
+        servers[1]._migrated = True  # noqa: SLF001 - one database, migrated once
+        servers[1].start()
+        logs = [open(tmp / f"scale-worker-{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+        workers = [
+            start_worker(s.api_url, config["limit"], log)
+            for s, log in zip(servers, logs, strict=True)
+        ]
+        try:
+            for daphne in servers:
+                wait_for_worker(daphne.api_url)
+            records = Records(servers[0].database)
+            producer_env = {
+                **os.environ,
+                **env,
+                "DJANGO_SETTINGS_MODULE": "bench.peers.ours_settings",
+                "TASKQUEUE_SERVER_URL": "",
+            }
+            records.collect(_paced(producer_env, config["warmup"], 500))
+            latencies, _ = records.collect(
+                _paced(producer_env, config["paced_runs"], config["paced_rate"])
+            )
+            pids = [s.process.pid for s in servers]
+            repeats = []
+            for _ in range(config["repeats"]):
+                before = (phases.cpu_seconds(pids), phases.cpu_seconds([redis.pid]))
+                started, ids = _burst(producer_env, config["runs"], config["producers"])
+                records.wait(ids)
+                after = (phases.cpu_seconds(pids), phases.cpu_seconds([redis.pid]))
+                burst_latencies, finished = records.collect(ids)
+                one = phases.summary(burst_latencies, started, finished)
+                one["server_cpu_ms_per_run"] = 1000 * (after[0] - before[0]) / config["runs"]
+                one["redis_cpu_ms_per_run"] = 1000 * (after[1] - before[1]) / config["runs"]
+                repeats.append(one)
+        finally:
+            for worker in workers:
+                stop(worker)
+            for daphne in servers:
+                daphne.stop()
+            for log in logs:
+                log.close()
+    ordered = sorted(repeats, key=lambda one: one["runs_per_s"])
+    burst = dict(ordered[len(ordered) // 2])
+    burst["repeats_runs_per_s"] = [one["runs_per_s"] for one in repeats]
+    for name in ("server_cpu_ms_per_run", "redis_cpu_ms_per_run"):
+        burst[name] = statistics.median(one[name] for one in repeats)
+    return {"paced": phases.summary(latencies), "burst": burst}
+
+
+def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    ours, celery = result["ours"], result.get("celery") or {"skipped": "not run"}
+    if "skipped" in ours or "skipped" in celery:
+        return []
+    ratio = ours["burst"]["runs_per_s"] / celery["burst"]["runs_per_s"]
+    p50 = celery["paced"]["p50_ms"] / ours["paced"]["p50_ms"]
+    return [
+        common.target("throughput vs Celery", ">= 1.5x Celery's runs/s", ratio, ratio >= 1.5),
+        common.target("p50 vs Celery", "p50 <= Celery's (ratio >= 1)", p50, p50 >= 1),
+    ]
+
+
+def run(quick: bool) -> dict[str, Any]:
+    common.setup_django()
+    config = _config(quick)
+    with tempfile.TemporaryDirectory(prefix="taskqueue-scale-") as name:
+        tmp = Path(name)
+        common.progress(f"{NAME}: ours on Redis, 2 servers, {config['producers']} producers")
+        result: dict[str, Any] = {"config": config}
+        result["ours"] = measured_or_skipped(NAME, "ours", measure_ours_on_redis, config, tmp)
+        common.progress(f"{NAME}: Celery 5 + Redis")
+        result["celery"] = measured_or_skipped(NAME, "Celery", measure_celery, config, tmp)
+    result["targets"] = _targets(result)
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    fmt = common.fmt_number
+    rows = []
+    for key, label in (("ours", "taskqueue on Redis, 2 servers"), ("celery", "Celery 5 + Redis")):
+        entry = result.get(key) or {"skipped": "not run"}
+        if "skipped" in entry:
+            rows.append([label, "—", "—", "—", "—", "—", f"skipped: {entry['skipped']}"])
+            continue
+        burst, paced = entry["burst"], entry["paced"]
+        redis_cpu = burst.get("redis_cpu_ms_per_run", burst.get("server_cpu_ms_per_run"))
+        daphne_cpu = burst.get("redis_cpu_ms_per_run") and burst.get("server_cpu_ms_per_run")
+        rows.append(
+            [
+                label,
+                fmt(burst["runs_per_s"]),
+                fmt(paced["p50_ms"]),
+                fmt(paced["p99_ms"]),
+                fmt(redis_cpu),
+                fmt(daphne_cpu) if daphne_cpu else "—",
+                "repeats: "
+                + ", ".join(fmt(v) for v in burst.get("repeats_runs_per_s", []))
+                + " runs/s",
+            ]
+        )
+    table = common.markdown_table(
+        ["system", "runs/s", "p50 ms", "p99 ms", "redis CPU ms/run", "Daphne CPU ms/run", "notes"],
+        rows,
+        "lrrrrrl",
+    )
+    config = result["config"]
+    notes = [
+        "",
+        f"- Ours: {config['producers']} producer processes call `task.enqueue()` with the Redis "
+        "engine configured (the record and the run written directly, no HTTP); two Daphne "
+        f"processes on one SQLite file, one `python -m taskqueue_app.worker --limit "
+        f"{config['limit']}` on each. Celery: the end_to_end stage's peer (one worker, "
+        f"{config['limit']} threads, {config['producers']} producer threads, results read back).",
+        f"- runs/s: median of {config['repeats']} bursts of {config['runs']:,}; p50/p99: "
+        f"{config['paced_runs']} runs paced at {config['paced_rate']}/s, enqueue to task start.",
+        *[
+            f"- Target {t['name']}: {t['target']}: {common.fmt_ratio(t['value'])}, "
+            f"{common.verdict(t)}."
+            for t in result["targets"]
+        ],
+    ]
+    return "\n".join([table, *notes])
+
+
+def main(argv: list[str] | None = None) -> None:
+    common.stage_main(NAME, __doc__, "1,000 runs", run, report, argv)
+
+
+if __name__ == "__main__":
+    main()
