@@ -241,13 +241,10 @@ class RedisQueues(Queues):
         return [_load(payload) for payload in payloads if payload]
 
     async def find_held(self, run_id: Any) -> Held | None:
-        client = await self._ready()
-        holder = await client.hget(self._key("holders"), str(run_id))
-        if holder is None:
+        found = await self._run("find", str(run_id))
+        if not found or not found[1]:
             return None
-        holder = _text(holder)
-        payload = await client.hget(self._key("hj", holder), str(run_id))
-        return Held(holder, _load(payload)) if payload else None
+        return Held(_text(found[0]), _load(found[1]))
 
     # -- connected workers -----------------------------------------------------------------------
 

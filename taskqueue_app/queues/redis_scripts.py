@@ -225,6 +225,13 @@ forget(id)
 return json
 """
 
+# ARGV 4: id. {holder, json} of who holds it, or false: one round trip.
+FIND = """
+local holder = redis.call('HGET', P .. ':holders', ARGV[4])
+if not holder then return false end
+return {holder, redis.call('HGET', P .. ':hj:' .. holder, ARGV[4])}
+"""
+
 RELEASE = """
 return release(ARGV[4])
 """
@@ -309,6 +316,7 @@ SCRIPTS = {
     "hold": HOLD,
     "ack": ACK,
     "release": RELEASE,
+    "find": FIND,
     "cancel": CANCEL,
     "reserve": RESERVE,
     "configure": CONFIGURE,
