@@ -18,7 +18,7 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from . import dashboard
 from .auth import SESSION_METHODS
@@ -198,12 +198,26 @@ class RunChangeList(ChangeList):
     """The run list without the JSON columns, which can be large and are not shown there."""
 
     def get_queryset(self, request: HttpRequest, *args: Any, **kwargs: Any):
-        return super().get_queryset(request, *args, **kwargs).defer("parameters", "result", "error")
+        queryset = super().get_queryset(request, *args, **kwargs)
+        return queryset.defer("parameters", "result", "error", "attempts")
 
 
 def _pretty(value: Any) -> str:
     return format_html(
         '<pre class="tq-json">{}</pre>', json.dumps(value, indent=2, sort_keys=True, default=str)
+    )
+
+
+def _attempt_error(error: Any) -> str:
+    if not isinstance(error, dict):
+        return "-"
+    summary = f"{error.get('type') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+    if not error.get("traceback"):
+        return summary
+    return format_html(
+        '{}<details><summary>traceback</summary><pre class="tq-traceback">{}</pre></details>',
+        summary,
+        error["traceback"],
     )
 
 
@@ -249,6 +263,8 @@ class TaskRunRecordAdmin(ReadOnlyAdmin):
             "Timestamps",
             {"fields": ("created", "updated", "expected_start_time", "started", "finished")},
         ),
+        ("Tasks framework", {"fields": ("queue_name", "backend", "priority", "run_after")}),
+        ("Attempts", {"fields": ("attempts_table",)}),
         ("Data", {"fields": ("parameters_json", "result_json", "error_summary", "traceback")}),
     )
     readonly_fields = (
@@ -256,6 +272,7 @@ class TaskRunRecordAdmin(ReadOnlyAdmin):
         "result_json",
         "error_summary",
         "traceback",
+        "attempts_table",
     )
 
     class Media:
@@ -288,6 +305,34 @@ class TaskRunRecordAdmin(ReadOnlyAdmin):
         if not isinstance(error, dict):
             return str(error)
         return f"{error.get('type') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+
+    @admin.display(description="attempts")
+    def attempts_table(self, obj: TaskRunRecord) -> str:
+        """One row per attempt: its worker, when it started and finished, the error that ended
+        it (with its traceback, folded)."""
+        attempts = obj.attempts if isinstance(obj.attempts, list) else []
+        if not attempts:
+            return "-"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    number,
+                    entry.get("worker") or "-",
+                    entry.get("started") or "-",
+                    entry.get("finished") or "-",
+                    _attempt_error(entry.get("error")),
+                )
+                for number, entry in enumerate(attempts, 1)
+                if isinstance(entry, dict)
+            ),
+        )
+        return format_html(
+            '<table class="tq-attempts"><thead><tr><th>#</th><th>worker</th><th>started</th>'
+            "<th>finished</th><th>error</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
 
     @admin.display(description="traceback")
     def traceback(self, obj: TaskRunRecord) -> str:

@@ -7,27 +7,34 @@ Where a run is created depends on where ``enqueue`` is called:
 - in another thread of the server process (a sync view under Daphne): handed to the server's
   loop, since the queues are asyncio objects that only that loop may touch;
 - in another process (``manage.py shell``, a cron job): ``POST`` to ``TASKQUEUE["SERVER_URL"]``.
+
+``get_result`` reads the run the same three ways: from the server's loop, from the records (a
+process sharing the server's database), or with ``GET`` from ``SERVER_URL`` (a process that
+reaches the server only over HTTP). A run's task key is its task's path, and a queue other than
+``default`` makes a key of its own (``path@queue``): workers serve queues by subscribing to keys.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router, transaction
+from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
+from django.db import DatabaseError, connections, router, transaction
 from django.utils.module_loading import import_string
 
 from . import lifecycle, records, server
 from .conf import taskqueue_settings
 from .models import TaskRunRecord
 from .queues import get_queues
-from .results import STATUS_OF_STATE, task_result
-from .schemas import TaskRun, isoformat, parse_uuid, run_from_request
+from .results import STATUS_OF_STATE, queue_key, task_as_enqueued, task_path_of, task_result
+from .schemas import QUEUE_NAME_MAX, TASK_KEY_MAX, TaskRun, isoformat, parse_uuid, run_from_request
 from .tasks_compat import (
     BaseTaskBackend,
     InvalidTaskError,
@@ -87,13 +94,24 @@ class TaskQueueBackend(BaseTaskBackend):
         _check_policy(self.retries, self.retry_delay_seconds, f"TASKS[{alias!r}]['OPTIONS']")
 
     def validate_task(self, task: Task) -> None:
-        """The framework's checks, and a sane retry policy on a ``QueueTask``."""
+        """The framework's checks, a sane retry policy on a ``QueueTask``, and a queue name
+        that makes a task key (at most 200 characters with the task's path)."""
         super().validate_task(task)
         _check_policy(
             getattr(task, "retries", None),
             getattr(task, "retry_delay_seconds", None),
             f"task {task.module_path}:",
         )
+        name = task.queue_name
+        if not isinstance(name, str) or not 0 < len(name) <= QUEUE_NAME_MAX:
+            raise InvalidTaskError(
+                f"queue_name must be a non-empty string of at most {QUEUE_NAME_MAX} characters"
+            )
+        if len(queue_key(task.module_path, name)) > TASK_KEY_MAX:
+            raise InvalidTaskError(
+                f"task {task.module_path} on queue {name!r}: its task key "
+                f"{queue_key(task.module_path, name)!r} is over {TASK_KEY_MAX} characters"
+            )
 
     # -- enqueue ------------------------------------------------------------------------------
 
@@ -112,11 +130,13 @@ class TaskQueueBackend(BaseTaskBackend):
         delay = getattr(task, "retry_delay_seconds", None)
         body: dict[str, Any] = {
             "id": str(run_id),
-            "task_key": task.module_path,
+            "task_key": queue_key(task.module_path, task.queue_name),
             # Our own dynamic key: an HTTP create sent twice (a retried request) is one run.
             "dynamic_key": f"{task.module_path}-{run_id.hex}",
             "name": task.name,
             "priority": task.priority,
+            "queue_name": task.queue_name,
+            "backend": self.alias,
             "parameters": parameters,
             "empirical_policy": {
                 "retries": self.retries if retries is None else retries,
@@ -124,7 +144,7 @@ class TaskQueueBackend(BaseTaskBackend):
             },
         }
         if task.run_after is not None:
-            body["expected_start_time"] = isoformat(task.run_after)
+            body["run_after"] = isoformat(task.run_after)  # the server defers the run until then
         return body
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
@@ -191,23 +211,53 @@ class TaskQueueBackend(BaseTaskBackend):
     # -- results ------------------------------------------------------------------------------
 
     def get_result(self, result_id: str) -> TaskResult:
-        """The run's current state as a ``TaskResult``; ``TaskResultDoesNotExist`` if unknown."""
+        """The run's current state as a ``TaskResult``; ``TaskResultDoesNotExist`` if unknown.
+
+        In the server process, from its loop; elsewhere from the records, and, for a run they
+        do not have (a process with a database of its own), from ``SERVER_URL`` over HTTP.
+        """
         run_id = _parse_result_id(result_id)
-        if server.serving_loop() is None:
-            run = records.read(run_id)
-        else:
+        if server.serving_loop() is not None:
             _refuse_in_loop("get_result", "await backend.aget_result(...)")
-            run = server.call(lifecycle.get, run_id)
+            return self._existing(result_id, server.call(lifecycle.get, run_id))
+        try:
+            run = records.read(run_id)
+        except DatabaseError:
+            if not taskqueue_settings.SERVER_URL:
+                raise
+            run = None  # no run records here (no such table): the server has them
+        if run is None and taskqueue_settings.SERVER_URL:
+            run = self._fetch(result_id, run_id)
         return self._existing(result_id, run)
 
     async def aget_result(self, result_id: str) -> TaskResult:
         """``get_result`` for async code."""
         run_id = _parse_result_id(result_id)
-        if server.serving_loop() is None:
+        if server.serving_loop() is not None:
+            return self._existing(result_id, await server.acall(lifecycle.get, run_id))
+        try:
             run = await records.aread(run_id)
-        else:
-            run = await server.acall(lifecycle.get, run_id)
+        except DatabaseError:
+            if not taskqueue_settings.SERVER_URL:
+                raise
+            run = None
+        if run is None and taskqueue_settings.SERVER_URL:
+            run = await sync_to_async(self._fetch, thread_sensitive=False)(result_id, run_id)
         return self._existing(result_id, run)
+
+    def _fetch(self, result_id: str, run_id: uuid.UUID) -> TaskRun | None:
+        """The run as the task server has it (``GET task_runs/<id>``), None if it has none."""
+        url = f"{taskqueue_settings.SERVER_URL.rstrip('/')}/task_runs/{run_id}"
+        try:
+            data = get_run(url, taskqueue_settings.AUTH_TOKEN, self.timeout)
+        except EnqueueError as exc:
+            if exc.status is not None:
+                raise  # refused (a wrong token, say): not something to hide
+            raise TaskResultDoesNotExist(
+                f"no task run with id {result_id} in this process's database, and the task "
+                f"server could not be asked: {exc}"
+            ) from exc
+        return None if data is None else TaskRun.from_dict(data)
 
     def _existing(self, result_id: str, run: TaskRun | None) -> TaskResult:
         if run is None:
@@ -215,20 +265,24 @@ class TaskQueueBackend(BaseTaskBackend):
         return self.result_of(run)
 
     def task_of(self, run: TaskRun) -> Task:
-        """The Task a run was created for, from its key; a plain function is wrapped in one."""
+        """The Task a run was enqueued for, as it was enqueued (queue, priority, ``run_after``,
+        backend alias). ``SuspiciousOperation`` when its path names something that is not a
+        Task, as the framework's database backend raises."""
+        path = task_path_of(run)
         try:
-            target = import_string(run.task_key)
+            target = import_string(path)
         except ImportError:
             raise TaskResultDoesNotExist(
-                f"task run {run.id} is for {run.task_key!r}, which cannot be imported here"
+                f"task run {run.id} is for {path!r}, which cannot be imported here"
             ) from None
-        if isinstance(target, Task):
-            return target
-        return self.task_class(func=target, backend=self.alias)
+        if not isinstance(target, Task):
+            raise SuspiciousOperation(f"Task {run.id} does not point to a Task ({path})")
+        return task_as_enqueued(target, run)
 
     def result_of(self, run: TaskRun, task: Task | None = None) -> TaskResult:
-        """A ``TaskResult`` of ``run``: status mapped from its state, value, error, attempts."""
-        return task_result(run, task if task is not None else self.task_of(run), self.alias)
+        """A ``TaskResult`` of ``run``: status mapped from its state, value, errors, attempts."""
+        task = task if task is not None else self.task_of(run)
+        return task_result(run, task, task.backend)
 
 
 def _creates_here() -> bool:
@@ -243,6 +297,25 @@ def _refuse_in_loop(name: str, instead: str) -> None:
             f"{name}() was called from the server's event loop, where it would block it: "
             f"use '{instead}' in async code"
         )
+
+
+def get_run(url: str, token: str | None, timeout: float) -> dict | None:
+    """The JSON run at ``url`` (the API's ``task_runs/<id>``); None on 404.
+
+    Raises ``EnqueueError``: with ``status`` when the server refused, without when unreachable.
+    """
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise EnqueueError(f"the task server answered HTTP {exc.code} for {url}", exc.code) from exc
+    except (OSError, ValueError) as exc:  # refused, timed out, unreachable; not JSON
+        raise EnqueueError(f"cannot reach the task server at {url}: {exc}") from exc
 
 
 def _parse_result_id(result_id: str) -> uuid.UUID:

@@ -16,12 +16,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
+from .attempts import begun, ended
 from .conf import taskqueue_settings
+from .errors import Crashed, UnstorableResult, error_type
 from .models import TaskRunRecord
 from .queues import RETRY, SCHEDULED, QueueFull, get_queues
 from .records import aread, writer
+from .restoring import restore
 from .schemas import TaskRun, ValidationError, check_storable, now, run_from_request, storable_copy
 from .states import FINISHED_STATES, TERMINAL_STATES, StateType
 
@@ -72,11 +73,6 @@ def reset() -> None:
     """Forget the process-local helpers (a testing utility: each test has its own loop)."""
     global _process
     _process = _Process()
-
-
-def lane_of(run: TaskRun) -> str:
-    """The lane a waiting run belongs in: retry for AwaitingRetry, else scheduled."""
-    return RETRY if run.is_retry else SCHEDULED
 
 
 async def in_hand(holder: str) -> list[TaskRun]:
@@ -238,15 +234,17 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
         await get_queues().hold(holder, run)
         return run
     await _drop_waiting_copy(holder, run)
+    stamp = now()
     running = run.with_state(
         StateType.RUNNING,
         "Running",
         run_count=run.run_count + 1,
-        started=now(),
+        started=stamp,
         worker=client_id,
+        attempts=begun(run.attempts, client_id, stamp),
     )
     await get_queues().hold(holder, running)
-    writer.update(running, "run_count", "started", "worker")
+    writer.update(running, "run_count", "started", "worker", "attempts")
     return running
 
 
@@ -263,24 +261,36 @@ async def complete(
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
-    done = run.with_state(StateType.COMPLETED, "Completed", result=result, finished=now())
-    writer.update(done, "result", "finished", "run_count", "started", "worker")
+    stamp = now()
+    attempts = ended(run, stamp, None, client_id)
+    done = run.with_state(
+        StateType.COMPLETED, "Completed", result=result, finished=stamp, attempts=attempts
+    )
+    writer.update(done, "result", "finished", "run_count", "started", "worker", "attempts")
     return done
 
 
-async def _retry_or_finish(run: TaskRun, state_type: str, state_name: str, error: Any) -> TaskRun:
+async def _retry_or_finish(
+    run: TaskRun, state_type: str, state_name: str, error: Any, worker: str | None = None
+) -> TaskRun:
     """After a failed attempt: AwaitingRetry after the delay if retries are left, else final."""
-    attempts = max(run.run_count, 1)
-    if attempts <= run.retries:
-        due = now() + timedelta(seconds=run.retry_delay_seconds)
+    stamp = now()
+    attempts = ended(run, stamp, error, worker)
+    if max(run.run_count, 1) <= run.retries:
+        due = stamp + timedelta(seconds=run.retry_delay_seconds)
         later = run.with_state(
-            StateType.SCHEDULED, "AwaitingRetry", error=error, expected_start_time=due
+            StateType.SCHEDULED,
+            "AwaitingRetry",
+            error=error,
+            expected_start_time=due,
+            attempts=attempts,
         )
-        writer.update(later, "error", "expected_start_time", "run_count", "started", "worker")
+        fields = ("error", "expected_start_time", "run_count", "started", "worker", "attempts")
+        writer.update(later, *fields)
         await get_queues().admit(later, RETRY)
         return later
-    final = run.with_state(state_type, state_name, error=error, finished=now())
-    writer.update(final, "error", "finished", "run_count", "started", "worker")
+    final = run.with_state(state_type, state_name, error=error, finished=stamp, attempts=attempts)
+    writer.update(final, "error", "finished", "run_count", "started", "worker", "attempts")
     return final
 
 
@@ -291,7 +301,8 @@ async def fail(
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
-    return await _retry_or_finish(run, StateType.FAILED, "Failed", storable_copy(error))
+    error = storable_copy(error)
+    return await _retry_or_finish(run, StateType.FAILED, "Failed", error, client_id)
 
 
 async def cancelled(holder: str, run_id: uuid.UUID, client_id: str | None = None) -> TaskRun | None:
@@ -300,15 +311,21 @@ async def cancelled(holder: str, run_id: uuid.UUID, client_id: str | None = None
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
-    done = run.with_state(StateType.CANCELLED, "Cancelled", finished=now())
-    writer.update(done, "finished", "run_count", "started", "worker")
+    stamp = now()
+    done = run.with_state(
+        StateType.CANCELLED,
+        "Cancelled",
+        finished=stamp,
+        attempts=ended(run, stamp, None, client_id),
+    )
+    writer.update(done, "finished", "run_count", "started", "worker", "attempts")
     return done
 
 
-UNSTORABLE_RESULT = "taskqueue_app.UnstorableResult"
+UNSTORABLE_RESULT = error_type(UnstorableResult)
 
 CRASH_ERROR = {
-    "type": "Crashed",
+    "type": error_type(Crashed),
     "message": "the worker's connection closed while the run was running",
     "traceback": None,
 }
@@ -372,23 +389,3 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
             raise
     await queues.admit(again, RETRY, reserved=True)
     return again
-
-
-# -- start-up -----------------------------------------------------------------------------------
-
-
-async def restore() -> int:
-    """Put runs recorded SCHEDULED back into their queues, oldest first; once per site."""
-    records = await sync_to_async(list)(
-        TaskRunRecord.objects.filter(state_type=StateType.SCHEDULED).order_by("created")
-    )
-    # Only now: a failed read ("database is locked" at start-up) must be tried again.
-    queues = get_queues()
-    if not await queues.mark_restored():
-        return 0
-    for record in records:
-        run = TaskRun.from_record(record)
-        await queues.admit(run, lane_of(run))
-    if records:
-        logger.info("restored %d scheduled runs", len(records))
-    return len(records)

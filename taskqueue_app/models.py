@@ -36,6 +36,11 @@ class TaskRunRecord(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
     expected_start_time = models.DateTimeField(null=True, blank=True)
+    # The Tasks framework's view of the run's task, and one entry per attempt (DESIGN §4).
+    queue_name = models.CharField(max_length=100, default="default")
+    backend = models.CharField(max_length=100, blank=True, default="")
+    run_after = models.DateTimeField(null=True, blank=True)
+    attempts = models.JSONField(default=list, blank=True)
 
     class Meta:
         verbose_name = "task run"

@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .errors import TooLargeError, ValidationError
 from .states import StateType
+from .storable import check_storable, storable_copy
+
+__all__ = [
+    "CREATE_FIELDS",
+    "DEFAULT_QUEUE",
+    "RECORD_FIELDS",
+    "TaskRun",
+    "TooLargeError",
+    "ValidationError",
+    "check_encodable",
+    "check_storable",
+    "isoformat",
+    "now",
+    "parse_datetime",
+    "parse_uuid",
+    "run_from_request",
+    "storable_copy",
+]
 
 TASK_KEY_MAX = 200
 DYNAMIC_KEY_MAX = 255
 NAME_MAX = 255
+QUEUE_NAME_MAX = BACKEND_MAX = 100
+DEFAULT_QUEUE = "default"  # the Tasks framework's DEFAULT_TASK_QUEUE_NAME
 
 # Fields a producer may send when creating a run; anything else is refused by name.
 CREATE_FIELDS = frozenset(
@@ -28,18 +48,14 @@ CREATE_FIELDS = frozenset(
         "empirical_policy",
         "expected_start_time",
         "priority",
+        # What the Tasks framework knows of the run's task, kept and returned as sent.
+        "queue_name",
+        "backend",
+        "run_after",
     }
 )
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 POLICY_FIELDS = frozenset({"retries", "retry_delay_seconds"})
-
-
-class ValidationError(ValueError):
-    """Producer input that cannot become a run; ``str()`` says what is wrong, naming the field."""
-
-
-class TooLargeError(ValidationError):
-    """A run whose JSON form would exceed the size limit: no worker could ever receive it."""
 
 
 def now() -> datetime:
@@ -92,6 +108,13 @@ class TaskRun:
     result: Any = None
     error: dict[str, Any] | None = None
     worker: str = ""
+    # The Tasks framework's view: the queue and backend alias it was enqueued for, and its
+    # run_after (kept as sent; ``expected_start_time`` moves on with each retry).
+    queue_name: str = DEFAULT_QUEUE
+    backend: str = ""
+    run_after: datetime | None = None
+    # One entry per attempt a worker started: worker, started, finished, error (see attempts.py).
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_retry(self) -> bool:
@@ -142,6 +165,10 @@ class TaskRun:
             "result": self.result,
             "error": self.error,
             "worker": self.worker or None,
+            "queue_name": self.queue_name,
+            "backend": self.backend or None,
+            "run_after": isoformat(self.run_after),
+            "attempts": self.attempts,
             "flow_run_id": None,
             "tags": [],
             "labels": {},
@@ -185,6 +212,10 @@ class TaskRun:
             result=data.get("result"),
             error=data.get("error"),
             worker=data.get("worker") or "",
+            queue_name=data.get("queue_name") or DEFAULT_QUEUE,
+            backend=data.get("backend") or "",
+            run_after=when("run_after"),
+            attempts=list(data.get("attempts") or []),
         )
 
     # -- records ---------------------------------------------------------------------------------
@@ -255,38 +286,6 @@ def parse_uuid(value: Any, name: str = "id") -> uuid.UUID:
         raise ValidationError(f"{name} must be a UUID string, not {value!r}") from None
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-# A NUL as JSON writes it: ``\u0000`` not itself escaped (an even run of backslashes before it).
-_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def check_storable(value: Any, name: str) -> None:
-    """Raise unless a database can store ``value`` (JSON) as it is: no lone surrogate, which
-    UTF-8 cannot encode, and no NUL character, which PostgreSQL refuses in text and JSON."""
-    text = json.dumps(value, ensure_ascii=False)
-    if _SURROGATE.search(text):
-        raise ValidationError(
-            f"{name} contains a lone surrogate (\\ud800-\\udfff without its pair), which is "
-            "not text a database can store"
-        )
-    if _NUL.search(text):
-        raise ValidationError(f"{name} contains a NUL character (\\u0000), which databases refuse")
-
-
-def storable_copy(value: Any) -> Any:
-    """``value`` with every lone surrogate and NUL in its strings replaced (U+FFFD), for what
-    the server records of its own accord (a worker's error report, say)."""
-    if isinstance(value, str):
-        if _SURROGATE.search(value) or "\x00" in value:
-            return _SURROGATE.sub("\ufffd", value).replace("\x00", "\ufffd")
-        return value
-    if isinstance(value, dict):
-        return {storable_copy(k): storable_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [storable_copy(item) for item in value]
-    return value
-
-
 def check_encodable(run: TaskRun, max_bytes: int | None = None) -> None:
     """Raise unless ``run`` has a JSON form (Python callers may pass any parameters) of at most
     ``max_bytes``; a run accepted but too large to send would bounce off every worker."""
@@ -299,7 +298,7 @@ def check_encodable(run: TaskRun, max_bytes: int | None = None) -> None:
         raise TooLargeError(
             f"the run's JSON would be {len(encoded)} bytes, over MAX_MESSAGE_BYTES ({max_bytes})"
         )
-    for name in ("task_key", "dynamic_key", "name", "parameters"):
+    for name in ("task_key", "dynamic_key", "name", "parameters", "queue_name", "backend"):
         check_storable(getattr(run, name), name)
 
 
@@ -350,9 +349,18 @@ def run_from_request(data: Any, max_bytes: int | None = None) -> TaskRun:
             )
         if state_type != StateType.SCHEDULED:
             raise ValidationError("state.type must be SCHEDULED for a new run")
-    expected = data.get("expected_start_time")
     priority = data.get("priority")
     priority = 0 if priority is None else _priority(priority)
+    queue_name = data.get("queue_name")
+    if queue_name is not None:
+        queue_name = _bounded_string(queue_name, "queue_name", QUEUE_NAME_MAX)
+    backend = data.get("backend")
+    backend = "" if backend is None else _bounded_string(backend, "backend", BACKEND_MAX)
+    run_after = data.get("run_after")
+    run_after = parse_datetime(run_after, "run_after") if run_after is not None else None
+    # A run_after alone defers the run too: it is the earliest the run may start.
+    expected = data.get("expected_start_time")
+    expected = parse_datetime(expected, "expected_start_time") if expected is not None else None
     created = now()
     run = TaskRun(
         id=run_id,
@@ -366,9 +374,10 @@ def run_from_request(data: Any, max_bytes: int | None = None) -> TaskRun:
         created=created,
         updated=created,
         state_timestamp=created,
-        expected_start_time=(
-            parse_datetime(expected, "expected_start_time") if expected is not None else None
-        ),
+        expected_start_time=run_after if expected is None else expected,
+        queue_name=queue_name or DEFAULT_QUEUE,
+        backend=backend,
+        run_after=run_after,
     )
     check_encodable(run, max_bytes)
     return run

@@ -40,5 +40,3 @@ def redis_server():
     require(testing.RedisServer.available(), "redis-server is not installed (Debian: redis-server)")
     with testing.RedisServer() as server:
         yield server
-
-

@@ -13,7 +13,8 @@ from django.urls import path
 
 from project.tasks import add
 from project.urls import urlpatterns as project_urlpatterns
-from taskqueue_app.tasks_compat import task
+from taskqueue_app.tasks_compat import task, task_backends
+from tests.tasks import describe
 
 
 @task()
@@ -79,10 +80,25 @@ def enqueue_atomic(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"id": result.id, "status": result.status})
 
 
+def result_details(request: HttpRequest, result_id: str) -> JsonResponse:
+    """get_result of any run through the backend alias ``?backend=`` (default ``default``), from
+    a sync view: the TaskResult as tests.tasks.describe puts it."""
+    backend = task_backends[request.GET.get("backend", "default")]
+    return JsonResponse(describe(backend.get_result(result_id)))
+
+
+async def aresult_details(request: HttpRequest, result_id: str) -> JsonResponse:
+    """The same with aget_result, from an async view (the server's loop)."""
+    backend = task_backends[request.GET.get("backend", "default")]
+    return JsonResponse(describe(await backend.aget_result(result_id)))
+
+
 urlpatterns = [
     *project_urlpatterns,
     path("test/enqueue-sync", enqueue_sync),
     path("test/enqueue-async", enqueue_async),
     path("test/result/<str:result_id>", result_sync),
     path("test/enqueue-atomic", enqueue_atomic),
+    path("test/details/<str:result_id>", result_details),
+    path("test/adetails/<str:result_id>", aresult_details),
 ]

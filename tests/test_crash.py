@@ -43,7 +43,8 @@ def test_a_run_started_by_a_killed_worker_is_retried_elsewhere_and_completes_onc
         done = wait_for_state(server, run["id"])
         assert (done["state_type"], done["result"]) == ("COMPLETED", "survivor")
         assert done["run_count"] == 2  # the killed attempt and the one that finished
-        assert done["error"]["type"] == "Crashed"  # what ended the first attempt
+        # What ended the first attempt.
+        assert done["error"]["type"] == "taskqueue_app.errors.Crashed"
         rescuer.wait_for(rf"run {SLOW} {run['id']} completed")
     finally:
         doomed.stop()
@@ -71,7 +72,7 @@ def test_a_killed_worker_s_started_run_crashes_and_the_run_waiting_behind_it_is_
         doomed.signal(signal.SIGKILL)
         doomed.wait()
         crashed = wait_for_state(server, held["id"], "CRASHED")
-        assert crashed["error"]["type"] == "Crashed"
+        assert crashed["error"]["type"] == "taskqueue_app.errors.Crashed"
         assert crashed["run_count"] == 1
         # The record alone cannot tell a run waiting in its queue from one stuck with a dead
         # connection (both read SCHEDULED, run_count 0): the queue shows it waiting, before any

@@ -200,7 +200,8 @@ async def test_a_closed_connection_crashes_its_started_runs_retrying_those_with_
         await lifecycle.start("c1", run.id, "w1")
     await lifecycle.disconnect("c1")
     crashed = await recorded(once.id)
-    assert (crashed.state_type, crashed.error["type"]) == ("CRASHED", "Crashed")
+    assert crashed.state_type == "CRASHED"
+    assert crashed.error["type"] == "taskqueue_app.errors.Crashed"
     retried = await recorded(twice.id)
     assert (retried.state_type, retried.state_name) == ("SCHEDULED", "AwaitingRetry")
     back = await take("c")

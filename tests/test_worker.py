@@ -126,7 +126,7 @@ def test_failures_are_reported_with_type_message_and_traceback_and_the_worker_go
         assert "worker_tasks.py" in failed["error"]["traceback"]
         refused = wait_for_state(server, bad["id"])
         assert refused["state_type"] == "FAILED"
-        assert refused["error"]["type"] == "NotJSONSerializable"
+        assert refused["error"]["type"] == "taskqueue_app.errors.NotJSONSerializable"
         assert (
             "return value of tests.worker_tasks.not_json is not JSON"
             in (refused["error"]["message"])
@@ -153,7 +153,7 @@ def test_a_run_for_a_key_the_worker_does_not_serve_is_reported_not_fatal(server)
         lost = create_run(server, DOUBLE, 1)
         failed = wait_for_state(server, lost["id"])
         assert failed["state_type"] == "FAILED"
-        assert failed["error"]["type"] == "UnknownTaskKey"
+        assert failed["error"]["type"] == "taskqueue_app.errors.UnknownTaskKey"
         assert f"no task registered for key {DOUBLE!r}" in failed["error"]["message"]
         assert wait_for_state(server, create_run(server, ECHO, 7)["id"])["result"] == 7
         # A key nobody serves waits in its queue; nothing crashed, nothing was lost.
@@ -260,4 +260,4 @@ def test_a_second_signal_hands_the_running_run_back_and_exits_at_once(server):
     # Its connection closed while it ran: crashed, and back in the queue since a retry is left.
     back = wait_for_state(server, run["id"], "SCHEDULED")
     assert back["state_name"] == "AwaitingRetry"
-    assert back["error"]["type"] == "Crashed"
+    assert back["error"]["type"] == "taskqueue_app.errors.Crashed"

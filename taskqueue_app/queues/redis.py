@@ -28,6 +28,7 @@ from typing import Any
 from ..conf import taskqueue_settings
 from ..errors import QueueFull
 from ..schemas import TaskRun
+from . import redis_views
 from .base import LANES, RETRY, SCHEDULED, Connection, Held, Queues
 from .redis_scripts import PRELUDE, SCRIPTS
 
@@ -278,9 +279,7 @@ class RedisQueues(Queues):
             await pipe.execute()
 
     async def connections(self) -> list[Connection]:
-        from .redis_views import connections
-
-        return await connections(self, await self._ready())
+        return await redis_views.connections(self, await self._ready())
 
     # -- the site --------------------------------------------------------------------------------
 
@@ -290,9 +289,7 @@ class RedisQueues(Queues):
         await self._run("configure", task_key, self._spec(scheduled_size, retry_size))
 
     async def snapshot(self) -> list[dict[str, Any]]:
-        from .redis_views import snapshot
-
-        return await snapshot(self, await self._ready())
+        return await redis_views.snapshot(self, await self._ready())
 
     async def mark_restored(self) -> bool:
         client = await self._ready()

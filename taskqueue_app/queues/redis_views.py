@@ -1,18 +1,16 @@
 """What the Redis engine shows of the whole site: connected workers and per-key numbers, read
-in a few pipelined round trips from any process."""
+in a few pipelined round trips from any process. ``engine`` is the ``RedisQueues`` asking (not
+imported here: it imports this module)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..conf import taskqueue_settings
 from ..states import StateType
 from .base import Connection
-
-if TYPE_CHECKING:
-    from .redis import RedisQueues
 
 __all__ = ["connections", "snapshot"]
 
@@ -35,7 +33,7 @@ def _bounds(spec: Any) -> tuple[int | None, int | None]:
     return (int(scheduled) if scheduled else None), (int(retry) if retry else None)
 
 
-async def connections(engine: RedisQueues, client: Any) -> list[Connection]:
+async def connections(engine: Any, client: Any) -> list[Connection]:
     """Every subscribed connection of every process, with what each holds."""
     conns = await client.hgetall(engine._key("conns"))
     activity = await client.hgetall(engine._key("act"))
@@ -60,7 +58,7 @@ def _key_of(meta: Any) -> str | None:
     return _text(meta).partition("|")[2] if meta else None
 
 
-async def snapshot(engine: RedisQueues, client: Any) -> list[dict[str, Any]]:
+async def snapshot(engine: Any, client: Any) -> list[dict[str, Any]]:
     """The ``Queues.snapshot`` rows, site-wide."""
     key = engine._key
     async with client.pipeline(transaction=False) as pipe:

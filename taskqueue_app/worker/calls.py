@@ -6,7 +6,9 @@ Imports nothing from Django.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import os
 import random
 import signal
 import threading
@@ -19,6 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.exceptions import InvalidStatus
+
+from ..errors import NotJSONSerializable, ResultTooLarge, error_type
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -100,13 +104,31 @@ def task_key_of(target: Any) -> str:
     return f"{func.__module__}.{func.__qualname__}"
 
 
+# Frames of the worker's own machinery: a task's traceback starts below them, at the task.
+_MACHINERY = tuple(
+    os.path.dirname(module.__file__) + os.sep
+    for module in (asyncio, concurrent.futures)
+    if module.__file__
+) + (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
+
+
+def _from_the_task(tb: Any) -> Any:
+    while tb is not None and tb.tb_next is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_MACHINERY):
+            break
+        tb = tb.tb_next
+    return tb
+
+
 def error_of(exc: BaseException) -> dict[str, Any]:
-    """The ``error`` object of a ``failed`` message: type (a dotted path), message, traceback."""
+    """The ``error`` object of a ``failed`` message: type (a dotted path), message, traceback
+    (from the task's own frames on, as the Tasks framework records it)."""
     kind = type(exc)
+    lines = traceback.format_exception(kind, exc, _from_the_task(exc.__traceback__))
     return {
         "type": f"{kind.__module__}.{kind.__qualname__}",
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": "".join(lines),
     }
 
 
@@ -124,11 +146,12 @@ def check_auth_reply(raw: str | bytes) -> None:
 
 
 class OutcomeError(Exception):
-    """A run's outcome decided by the worker itself (bad result, unknown key), not by the task."""
+    """A run's outcome decided by the worker itself (bad result, unknown key), not by the task;
+    recorded under the dotted path of ``kind``, one of ``taskqueue_app.errors``' classes."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: type[BaseException], message: str) -> None:
         super().__init__(message)
-        self.error = {"type": kind, "message": message, "traceback": None}
+        self.error = {"type": error_type(kind), "message": message, "traceback": None}
 
 
 class TaskCalls:
@@ -168,13 +191,13 @@ class TaskCalls:
             text = json.dumps(result, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as exc:
             raise OutcomeError(
-                "NotJSONSerializable",
+                NotJSONSerializable,
                 f"the return value of {key} is not JSON: {exc} (return JSON types: "
                 f"dict, list, str, int, float, bool, None)",
             ) from None
         if len(text) > self.max_message_bytes:
             raise OutcomeError(
-                "ResultTooLarge",
+                ResultTooLarge,
                 f"the return value of {key} is {len(text):,} bytes of JSON, over the "
                 f"{self.max_message_bytes:,}-byte message limit",
             )

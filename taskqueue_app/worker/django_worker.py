@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import SuspiciousOperation
 from django.db import close_old_connections
 from django.utils import timezone
 
-from ..results import task_result
+from ..attempts import begun
+from ..results import task_as_enqueued, task_error, task_result
 from ..schemas import TaskRun
 from ..states import StateType
 from ..tasks_compat import (
     Task,
     TaskContext,
-    TaskError,
     TaskResult,
     TaskResultStatus,
     task_finished,
     task_started,
 )
-from .calls import error_of
+from .calls import OutcomeError, error_of
 from .client import TaskWorker
 
 logger = logging.getLogger(__name__)
@@ -29,24 +32,66 @@ logger = logging.getLogger(__name__)
 __all__ = ["DjangoTaskWorker"]
 
 
+@dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A return value already checked and encoded as JSON (before ``task_finished`` said so)."""
+
+    text: str
+
+
 class DjangoTaskWorker(TaskWorker):
     """Runs Tasks-framework ``Task`` objects as the framework expects: a ``TaskContext`` for
-    ``takes_context`` tasks, ``task_started`` / ``task_finished`` around each run, and stale
-    database connections closed between runs of sync tasks (as Django does per request)."""
+    ``takes_context`` tasks, ``task_started`` / ``task_finished`` around each run (with the
+    status the run is recorded with), the task as it was enqueued (queue, priority,
+    ``run_after``, backend alias), and stale database connections closed between runs of sync
+    tasks (as Django does per request).
+
+    With ``tasks_only`` (``manage.py taskworker``), a key whose target is not a ``Task`` fails
+    each of its runs with ``SuspiciousOperation``, as the framework's database worker does for
+    a path that is not a task; the target is never called. Without it (``python -m
+    taskqueue_app.worker`` with Django set up), plain functions run as plain functions.
+    """
+
+    def __init__(self, *args: Any, tasks_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tasks_only = tasks_only
 
     def _task_result(self, key: str, run: dict[str, Any], args: list, kwargs: dict) -> TaskResult:
-        task: Task = self.tasks[key]
-        # The run as the server sent it (its enqueue time is ``TaskResult.enqueued_at``), in
-        # the attempt that starts now.
-        value = TaskRun.from_dict({**run, "task_key": key}).with_state(
+        # The run as the server sent it (its enqueue time is ``TaskResult.enqueued_at``, its
+        # attempts so far its worker_ids and errors), in the attempt that starts now.
+        stamp = timezone.now()
+        value = TaskRun.from_dict({**run, "task_key": key})
+        value = value.with_state(
             StateType.RUNNING,
             "Running",
             parameters={"args": args, "kwargs": kwargs},
-            run_count=int(run.get("run_count") or 0) + 1,
-            started=timezone.now(),
+            run_count=value.run_count + 1,
+            started=stamp,
             worker=self.client_id,
+            attempts=begun(value.attempts, self.client_id, stamp),
         )
+        task = task_as_enqueued(self.tasks[key], value)
         return task_result(value, task, task.backend)
+
+    def _refuse(self, key: str, run: dict[str, Any]) -> None:
+        if self.tasks_only:
+            raise SuspiciousOperation(f"Task {run.get('id')} does not point to a Task ({key})")
+
+    def result_json(self, key: str, result: Any) -> str:
+        if isinstance(result, _Encoded):
+            return result.text
+        return super().result_json(key, result)
+
+    def _outcome(self, key: str, result: TaskResult, value: Any) -> _Encoded:
+        """Check and encode what the task returned, and finish ``result`` as the run will be
+        recorded: a value that is not JSON fails the run, and ``task_finished`` says FAILED."""
+        try:
+            text = self.result_json(key, value)
+        except OutcomeError as exc:
+            self._finish(result, exc=exc)
+            raise
+        self._finish(result, json.loads(text))
+        return _Encoded(text)
 
     def _arguments(self, key: str, result: TaskResult | None, args: list) -> list:
         task = self.tasks[key]
@@ -61,10 +106,8 @@ class DjangoTaskWorker(TaskWorker):
             object.__setattr__(result, "status", TaskResultStatus.SUCCESSFUL)
             object.__setattr__(result, "_return_value", value)
         else:
-            error = error_of(exc)
-            result.errors.append(
-                TaskError(exception_class_path=error["type"], traceback=error["traceback"])
-            )
+            error = exc.error if isinstance(exc, OutcomeError) else error_of(exc)
+            result.errors.append(task_error(error))
             object.__setattr__(result, "status", TaskResultStatus.FAILED)
 
     def call_sync(
@@ -72,6 +115,7 @@ class DjangoTaskWorker(TaskWorker):
     ) -> Any:
         """Call a sync task in a pool thread, between ``task_started`` and ``task_finished``."""
         if not isinstance(self.tasks[key], Task):
+            self._refuse(key, run)
             return super().call_sync(key, func, run, args, kwargs)
         close_old_connections()
         result = self._task_result(key, run, args, kwargs)
@@ -84,9 +128,10 @@ class DjangoTaskWorker(TaskWorker):
                 self._finish(result, exc=exc)
                 task_finished.send(sender=sender, task_result=result)
                 raise
-            self._finish(result, value)
-            task_finished.send(sender=sender, task_result=result)
-            return value
+            try:
+                return self._outcome(key, result, value)
+            finally:
+                task_finished.send(sender=sender, task_result=result)
         finally:
             close_old_connections()
 
@@ -95,6 +140,7 @@ class DjangoTaskWorker(TaskWorker):
     ) -> Any:
         """Await an async task in the worker's loop, between the same two signals."""
         if not isinstance(self.tasks[key], Task):
+            self._refuse(key, run)
             return await super().call_async(key, func, run, args, kwargs)
         result = self._task_result(key, run, args, kwargs)
         sender = type(result.task.get_backend())
@@ -105,6 +151,7 @@ class DjangoTaskWorker(TaskWorker):
             self._finish(result, exc=exc)
             await task_finished.asend(sender=sender, task_result=result)
             raise
-        self._finish(result, value)
-        await task_finished.asend(sender=sender, task_result=result)
-        return value
+        try:
+            return self._outcome(key, result, value)
+        finally:
+            await task_finished.asend(sender=sender, task_result=result)

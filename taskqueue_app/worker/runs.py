@@ -20,6 +20,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from ..errors import UnknownTaskKey
 from .calls import OutcomeError, TaskCalls, error_of
 
 logger = logging.getLogger("taskqueue_app.worker.client")
@@ -161,7 +162,7 @@ class RunBook(TaskCalls):
             # Report it failed (retried elsewhere if it has retries left) rather than crash.
             message = f"no task registered for key {key!r} on worker {self.client_id}"
             await self._send(_message("ack", run_id))
-            await self._report(run, 0.0, error=OutcomeError("UnknownTaskKey", message).error)
+            await self._report(run, 0.0, error=OutcomeError(UnknownTaskKey, message).error)
             return
         gate = self._gates[run_id] = asyncio.get_running_loop().create_future()
         # A slot is free: ack the run (the protocol's step 4), ask to start it (step 5), and

@@ -1,4 +1,4 @@
-"""``manage.py taskworker [--url URL] [--token T] [--limit N] [dotted.task.path ...]``."""
+"""``manage.py taskworker [--url URL] [--token T] [--limit N] [--queue NAME ...] [path ...]``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ from django.utils.module_loading import autodiscover_modules
 
 from taskqueue_app.backend import TaskQueueBackend
 from taskqueue_app.conf import taskqueue_settings
-from taskqueue_app.tasks_compat import Task
-from taskqueue_app.worker.cli import build_tasks, configure_logging, make_worker, serve
+from taskqueue_app.results import queue_key
+from taskqueue_app.schemas import DEFAULT_QUEUE
+from taskqueue_app.tasks_compat import Task, task_backends
+from taskqueue_app.worker.cli import build_tasks, configure_logging, serve
+from taskqueue_app.worker.django_worker import DjangoTaskWorker
+
+logger = logging.getLogger("taskqueue_app.worker.client")
 
 
 def _import_project_tasks() -> None:
@@ -56,6 +61,43 @@ def discover_tasks() -> dict[str, Task]:
     return dict(sorted(found.items()))
 
 
+def configured_queues() -> tuple[list[str], bool]:
+    """The queues in the ``QUEUES`` of every ``TaskQueueBackend`` in ``TASKS``, in the order
+    given, and whether one of those backends takes any queue name (``QUEUES: []``)."""
+    names: dict[str, None] = {}
+    any_name = False
+    for alias, params in task_backends.settings.items():
+        try:
+            backend = task_backends[alias]
+        except Exception:  # a backend that cannot be loaded here: not ours to serve
+            continue
+        if isinstance(backend, TaskQueueBackend):
+            names.update(dict.fromkeys(params.get("QUEUES", [DEFAULT_QUEUE])))
+            any_name = any_name or not backend.queues
+    return list(names), any_name
+
+
+def select_queues(requested: list[str] | None) -> list[str]:
+    """The queues to serve, in order of preference: those named (each must be in a backend's
+    ``QUEUES``), else every queue of the backends."""
+    names, any_name = configured_queues()
+    if not requested:
+        return names or [DEFAULT_QUEUE]
+    unknown = [name for name in requested if name not in names]
+    if unknown and not any_name:
+        raise CommandError(
+            f"no TaskQueueBackend in TASKS has the queue(s) {', '.join(map(repr, unknown))} in "
+            f"its QUEUES ({', '.join(names)})"
+        )
+    return list(dict.fromkeys(requested))
+
+
+def keys_for(tasks: dict[str, Any], queues: list[str]) -> dict[str, Any]:
+    """Task key -> target for each task on each queue (a queue's runs have keys of their own),
+    queue by queue: a worker takes the runs of its first queue first."""
+    return {queue_key(path, queue): target for queue in queues for path, target in tasks.items()}
+
+
 class Command(BaseCommand):
     """Run a TaskWorker for this project's tasks (django-tasks' db_worker, for taskqueue)."""
 
@@ -74,6 +116,13 @@ class Command(BaseCommand):
         parser.add_argument("--token", help="the token (default: TASKQUEUE['AUTH_TOKEN'])")
         parser.add_argument("--limit", type=int, default=10, help="runs at once (default 10)")
         parser.add_argument("--client-id", help="this worker's name (default: host-pid-random)")
+        parser.add_argument(
+            "--queue",
+            action="append",
+            metavar="NAME",
+            help="serve only this queue (repeatable; default: every queue in the QUEUES of the "
+            "TaskQueueBackends in TASKS)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         url = options["url"] or taskqueue_settings.SERVER_URL
@@ -90,14 +139,23 @@ class Command(BaseCommand):
                 "no tasks to serve: none is defined for the TaskQueueBackend in the installed "
                 "apps' (or the project's) tasks modules; name them as dotted paths"
             )
+        queues = select_queues(options["queue"])
         if not logging.getLogger().handlers and not logging.getLogger("taskqueue_app").handlers:
             configure_logging("INFO")
-        worker = make_worker(
-            tasks,
+        for path, target in tasks.items():
+            if not isinstance(target, Task):
+                logger.warning(
+                    "%s is not a task (defined with @task): each of its runs fails "
+                    "(SuspiciousOperation) and it is never called",
+                    path,
+                )
+        worker = DjangoTaskWorker(
+            tasks=keys_for(tasks, queues),
             url=url,
             token=options["token"] or taskqueue_settings.AUTH_TOKEN,
             limit=options["limit"],
             client_id=options["client_id"],
+            tasks_only=True,
         )
         code = serve(worker)
         if code:
