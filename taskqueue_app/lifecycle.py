@@ -171,8 +171,9 @@ async def acknowledge(
     return pending
 
 
-async def _locate(holder: str, run_id: uuid.UUID) -> TaskRun | None:
-    """The run an outcome of ``holder`` is about: its own copy first, else the record.
+async def _locate(holder: str, run_id: uuid.UUID) -> tuple[TaskRun | None, bool]:
+    """The run an outcome of ``holder`` is about, and whether ``holder`` holds it: its own copy
+    first, else the record.
 
     None when another live connection has acked or started it: an outcome from an earlier
     connection must not overrule the worker that has the run now (no run in two live hands).
@@ -180,11 +181,11 @@ async def _locate(holder: str, run_id: uuid.UUID) -> TaskRun | None:
     found = await get_queues().find_held(run_id)
     if found is not None:
         if found.holder == holder:
-            return found.run
+            return found.run, True
         if found.run.state_type != StateType.SCHEDULED:
-            return None
+            return None, False
     await writer.flush()  # the record must show the state changes still being written
-    return await aread(run_id)
+    return await aread(run_id), False
 
 
 async def _drop_waiting_copy(holder: str, run: TaskRun) -> None:
@@ -207,14 +208,15 @@ async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> T
     A run marked CRASHED when its worker's connection dropped still takes that worker's late
     outcome (it reports after reconnecting): the work was done, and CRASHED was our guess.
     """
-    run = await _locate(holder, run_id)
+    run, own = await _locate(holder, run_id)
     if run is None:
         return None
     if run.state_type in TERMINAL_STATES and not (
         run.state_type == StateType.CRASHED and client_id and run.worker == client_id
     ):
         return None
-    await _drop_waiting_copy(holder, run)
+    if not own:  # a copy it holds is the only one: nothing waits elsewhere
+        await _drop_waiting_copy(holder, run)
     await get_queues().ack(holder, run_id)
     return run
 
@@ -227,13 +229,14 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
     that reconnects and says ``started`` again for a run it is running resumes it: held by the
     new connection, no attempt counted twice.
     """
-    run = await _locate(holder, run_id)
+    run, own = await _locate(holder, run_id)
     if run is None or run.state_type in TERMINAL_STATES:
         return None
     if run.state_type == StateType.RUNNING and run.worker == client_id:
         await get_queues().hold(holder, run)
         return run
-    await _drop_waiting_copy(holder, run)
+    if not own:  # a copy it holds is the only one: nothing waits elsewhere
+        await _drop_waiting_copy(holder, run)
     stamp = now()
     running = run.with_state(
         StateType.RUNNING,
