@@ -38,28 +38,18 @@ from taskqueue_app.tasks_compat import (
 from taskqueue_app.testing import free_port, queued, take
 from taskqueue_app.testing import queue_row as lane_row
 from taskqueue_app.worker.django_worker import DjangoTaskWorker
-from tests.worker_helpers import ROOT, api, start_django_worker, terminate_gently, wait_for_state
+from tests.worker_helpers import (
+    ROOT,
+    Received,
+    api,
+    start_django_worker,
+    terminate_gently,
+    wait_for_state,
+)
 
 ADD = "project.tasks.add"
 WHEN_SERVED = "tests.e2e_urls.add_when_served"  # the test views' task
 DB = pytest.mark.django_db(transaction=True)
-
-
-class Received:
-    """Collects what a signal sends while connected (a context manager)."""
-
-    def __init__(self, signal) -> None:
-        self.signal, self.results = signal, []
-
-    def __call__(self, sender, task_result, **kwargs) -> None:
-        self.results.append((sender, task_result.status, task_result))
-
-    def __enter__(self) -> Received:
-        self.signal.connect(self, weak=False)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.signal.disconnect(self)
 
 
 # -- in the server's loop and its threads -------------------------------------------------------

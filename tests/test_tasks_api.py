@@ -44,6 +44,7 @@ from taskqueue_app.tasks_compat import (
 from tests import tasks as t
 from tests.worker_helpers import (
     ROOT,
+    Received,
     create_run,
     start_django_worker,
     terminate_gently,
@@ -78,23 +79,6 @@ def producer(server):
     queue = {**settings.TASKQUEUE, "SERVER_URL": server.api_url}
     with override_settings(TASKS=e2e.TASKS, TASKQUEUE=queue):
         yield
-
-
-class Received:
-    """What a signal sends in this process while connected (a context manager)."""
-
-    def __init__(self, signal) -> None:
-        self.signal, self.results = signal, []
-
-    def __call__(self, sender, task_result, **kwargs) -> None:
-        self.results.append((sender, task_result.status, task_result))
-
-    def __enter__(self) -> Received:
-        self.signal.connect(self, weak=False)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.signal.disconnect(self)
 
 
 def finished(result, timeout: float = 20.0):

@@ -96,6 +96,23 @@ class WorkerProcess:
         self._reader.join(5)
 
 
+class Received:
+    """What a signal sends in this process while connected (a context manager)."""
+
+    def __init__(self, signal) -> None:
+        self.signal, self.results = signal, []
+
+    def __call__(self, sender, task_result, **kwargs) -> None:
+        self.results.append((sender, task_result.status, task_result))
+
+    def __enter__(self) -> Received:
+        self.signal.connect(self, weak=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.signal.disconnect(self)
+
+
 def worker_env(server: ProjectServer, **extra: str) -> dict[str, str]:
     """The environment of a process that talks to ``server`` (and shares its database)."""
     env = server.environ()
@@ -212,6 +229,7 @@ def terminate_gently(worker: WorkerProcess) -> None:
 
 
 __all__ = [
+    "Received",
     "FINAL_STATES",
     "WorkerProcess",
     "api",
