@@ -6,9 +6,10 @@ is an orphan: its worker is gone (a server restart it never came back from, a de
 process) and had that long to reconnect and say what became of it. PENDING goes back to the
 front of its retry lane; RUNNING becomes CRASHED and is retried if it has retries left.
 
-One sweep every half timeout, in the server's loop, is a query of an indexed column; no sweep
-gives anything back before the server has run for one whole timeout, so that workers always
-get that long to reconnect after a restart.
+One sweep every half timeout, in the server's loop, is a query of an indexed column. A run is
+given back only when two sweeps in a row find it stranded and unchanged, and its record, read
+again, still says so; so nothing is given back before the server has run for one whole
+timeout, and workers always get that long to reconnect after a restart.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from . import lifecycle
 from .conf import taskqueue_settings
 from .models import TaskRunRecord
 from .queues import get_queues
-from .records import writer
+from .records import aread, writer
 from .schemas import TaskRun, now
 from .states import StateType
 
@@ -50,20 +51,41 @@ def _stranded(before: datetime) -> list[TaskRun]:
     return [TaskRun.from_record(record) for record in records]
 
 
-async def sweep(timeout: float) -> int:
-    """Give back every run stranded for ``timeout`` seconds; how many were."""
+async def sweep(timeout: float, suspects: dict | None = None) -> int:
+    """Give back every run stranded for ``timeout`` seconds; how many were.
+
+    With ``suspects`` (run id -> its record's ``updated``, kept between sweeps), a run is given
+    back only when the previous sweep found it stranded too, unchanged: a run whose outcome is
+    being recorded right now is out of its worker's hands for a moment, and must not be taken
+    for an orphan. Just before a run is given back, its record is read again.
+    """
     await writer.flush()  # the records must show the state changes still being written
     candidates = await sync_to_async(_stranded)(now() - timedelta(seconds=timeout))
     queues = get_queues()
+    seen = {} if suspects is None else dict(suspects)
+    if suspects is not None:
+        suspects.clear()
     given = 0
     for run in candidates:
         if await queues.find_held(run.id) is not None:
             continue  # a live connection has it: its worker came back
+        if suspects is not None:
+            suspects[run.id] = run.updated
+            if seen.get(run.id) != run.updated:
+                continue  # first seen stranded: given back at the next sweep if still so
+        await writer.flush()
+        fresh = await aread(run.id)
+        if fresh is None or fresh.updated != run.updated or fresh.state_type != run.state_type:
+            continue  # it moved on meanwhile (an outcome came in)
+        if await queues.find_held(run.id) is not None:
+            continue
+        if suspects is not None:
+            suspects.pop(run.id, None)
         given += 1
         if run.state_type == StateType.RUNNING:
-            await lifecycle.crash(run, ORPHAN_ERROR)
+            await lifecycle.crash(fresh, ORPHAN_ERROR)
             continue
-        back = run.with_state(StateType.SCHEDULED, "Scheduled")
+        back = fresh.with_state(StateType.SCHEDULED, "Scheduled")
         writer.update(back)
         # Through the engine's own give-back, so that it goes first in line like any release.
         await queues.hold(SWEEPER, back)
@@ -78,6 +100,8 @@ class Sweeper:
 
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
+        # Runs found stranded by the last sweep, and their records' ``updated`` then.
+        self.suspects: dict = {}
 
     def start(self) -> None:
         if self.task is None or self.task.done():
@@ -91,11 +115,12 @@ class Sweeper:
 
     async def _run(self) -> None:
         timeout = float(taskqueue_settings.ORPHAN_TIMEOUT)
-        # Workers get one whole timeout after the start to reconnect before anything is swept.
-        await asyncio.sleep(timeout)
+        # Workers get one whole timeout after the start to reconnect before anything is swept;
+        # a run is given back at the second sweep that finds it stranded, half a timeout later.
+        await asyncio.sleep(timeout / 2)
         while True:
             try:
-                await sweep(timeout)
+                await sweep(timeout, self.suspects)
             except Exception:
                 logger.exception("the orphan sweep failed; trying again later")
             await asyncio.sleep(max(0.05, timeout / 2))
