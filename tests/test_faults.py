@@ -68,7 +68,7 @@ def test_killed_workers_and_a_killed_server_lose_nothing_and_run_nothing_twice(t
     log_path = tmp_path / "executions.log"
     log_path.touch()
     server = ProjectServer(
-        database=tmp_path / "db.sqlite3", env={"TASKQUEUE_ORPHAN_TIMEOUT": "5"}
+        database=tmp_path / "db.sqlite3", env={"TASKQUEUE_ORPHAN_TIMEOUT": "8"}
     ).start()
     workers = [start_cli_worker(server, TALLY, limit=4) for _ in range(WORKERS)]
     killed: set[int] = set()
@@ -81,7 +81,7 @@ def test_killed_workers_and_a_killed_server_lose_nothing_and_run_nothing_twice(t
         tokens[token] = run_id
         # Mostly short runs; a few outlast ORPHAN_TIMEOUT, so that the server's restart finds
         # runs still running in living workers, which must keep them (not run them twice).
-        work = rng.choice((0.0, 0.01, 0.03, 0.1)) if rng.random() < 0.92 else 9.0
+        work = rng.choice((0.0, 0.01, 0.03, 0.1)) if rng.random() < 0.92 else 12.0
         bodies.append(
             {
                 "id": run_id,
