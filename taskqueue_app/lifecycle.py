@@ -171,21 +171,25 @@ async def acknowledge(
     return pending
 
 
-async def _locate(holder: str, run_id: uuid.UUID) -> tuple[TaskRun | None, bool]:
-    """The run an outcome of ``holder`` is about, and whether ``holder`` holds it: its own copy
-    first, else the record.
+async def _locate(
+    holder: str, run_id: uuid.UUID, client_id: str | None = None
+) -> tuple[TaskRun | None, str | None]:
+    """The run an outcome of ``holder`` is about, and the connection that holds that copy: its
+    own copy first, else the record (and no holder).
 
-    None when another live connection has acked or started it: an outcome from an earlier
-    connection must not overrule the worker that has the run now (no run in two live hands).
+    None when another worker's connection has acked or started it (it must not be overruled);
+    a copy an earlier connection of the same worker (``client_id``) still holds is this one's.
     """
     found = await get_queues().find_held(run_id)
     if found is not None:
         if found.holder == holder:
-            return found.run, True
+            return found.run, holder
+        if client_id and found.run.worker == client_id:
+            return found.run, found.holder
         if found.run.state_type != StateType.SCHEDULED:
-            return None, False
+            return None, None
     await writer.flush()  # the record must show the state changes still being written
-    return await aread(run_id), False
+    return await aread(run_id), None
 
 
 async def _drop_waiting_copy(holder: str, run: TaskRun) -> None:
@@ -208,16 +212,16 @@ async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> T
     A run marked CRASHED when its worker's connection dropped still takes that worker's late
     outcome (it reports after reconnecting): the work was done, and CRASHED was our guess.
     """
-    run, own = await _locate(holder, run_id)
+    run, held_by = await _locate(holder, run_id, client_id)
     if run is None:
         return None
     if run.state_type in TERMINAL_STATES and not (
         run.state_type == StateType.CRASHED and client_id and run.worker == client_id
     ):
         return None
-    if not own:  # a copy it holds is the only one: nothing waits elsewhere
+    if held_by is None:  # a copy held is the only one: nothing waits elsewhere
         await _drop_waiting_copy(holder, run)
-    await get_queues().ack(holder, run_id)
+    await get_queues().ack(held_by or holder, run_id)
     return run
 
 
@@ -229,13 +233,13 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
     that reconnects and says ``started`` again for a run it is running resumes it: held by the
     new connection, no attempt counted twice.
     """
-    run, own = await _locate(holder, run_id)
+    run, held_by = await _locate(holder, run_id, client_id)
     if run is None or run.state_type in TERMINAL_STATES:
         return None
     if run.state_type == StateType.RUNNING and run.worker == client_id:
-        await get_queues().hold(holder, run)
+        await get_queues().hold(holder, run)  # moved from an earlier connection, if any
         return run
-    if not own:  # a copy it holds is the only one: nothing waits elsewhere
+    if held_by is None:  # a copy held is the only one: nothing waits elsewhere
         await _drop_waiting_copy(holder, run)
     stamp = now()
     running = run.with_state(

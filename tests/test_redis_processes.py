@@ -167,3 +167,21 @@ def test_a_producer_process_with_no_server_url_enqueues_straight_into_redis(site
         assert wait_for_state(b, view_id)["result"] == 3
     finally:
         terminate_gently(worker)
+
+
+def test_a_worker_whose_process_was_killed_reconnects_and_reports_what_it_ran(site):
+    a, b = site
+    worker = start_cli_worker(b, "tests.worker_tasks.slow", limit=1)
+    try:
+        worker.wait_for("connected to ")
+        run = create_run(a, "tests.worker_tasks.slow", "kept", 4, empirical_policy={"retries": 2})
+        worker.wait_for("slow-started kept")
+        wait_for_state(a, run["id"], "RUNNING")
+        b.kill()  # the worker's server process dies; A's reaper sees its heartbeat stop
+        b.start()  # the worker reconnects (to B's address: a load balancer would pick any)
+        done = wait_for_state(a, run["id"], timeout=30)
+        assert (done["state_type"], done["result"], done["run_count"]) == ("COMPLETED", "kept", 1)
+        assert worker.count("slow-started kept") == 1  # resumed, not run again
+        assert worker.count("connected to ") == 2
+    finally:
+        terminate_gently(worker)
