@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def _burst(env: dict[str, str], count: int, producers: int) -> tuple[float, list
     processes = [_producer(env, "burst", str(share)) for share in shares]
     for process in processes:
         assert process.stdout.readline().strip() == "ready"
-    started = phases.time.time()
+    started = time.time()
     for process in processes:
         process.stdin.write("go\n")
         process.stdin.flush()
@@ -134,11 +134,7 @@ def measure_ours_on_redis(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
                 daphne.stop()
             for log in logs:
                 log.close()
-    ordered = sorted(repeats, key=lambda one: one["runs_per_s"])
-    burst = dict(ordered[len(ordered) // 2])
-    burst["repeats_runs_per_s"] = [one["runs_per_s"] for one in repeats]
-    for name in ("server_cpu_ms_per_run", "redis_cpu_ms_per_run"):
-        burst[name] = statistics.median(one[name] for one in repeats)
+    burst = phases.median_burst(repeats, ("server_cpu_ms_per_run", "redis_cpu_ms_per_run"))
     return {"paced": phases.summary(latencies), "burst": burst}
 
 

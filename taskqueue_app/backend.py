@@ -32,7 +32,6 @@ from django.utils.module_loading import import_string
 from . import lifecycle, records, server
 from .conf import taskqueue_settings
 from .models import TaskRunRecord
-from .queues import get_queues
 from .results import STATUS_OF_STATE, queue_key, task_as_enqueued, task_path_of, task_result
 from .schemas import QUEUE_NAME_MAX, TASK_KEY_MAX, TaskRun, isoformat, parse_uuid, run_from_request
 from .tasks_compat import (
@@ -167,7 +166,7 @@ class TaskQueueBackend(BaseTaskBackend):
         return self._create_and_announce(task, body)
 
     def _create_and_announce(self, task: Task, body: dict[str, Any]) -> TaskResult:
-        if not _creates_here():
+        if not server.queues_here():
             run = self._post(body)
         else:
             _refuse_in_loop("enqueue", "await task.aenqueue(...)")
@@ -189,7 +188,7 @@ class TaskQueueBackend(BaseTaskBackend):
         """``enqueue`` for async code; in the server's loop it creates the run directly."""
         self.validate_task(task)
         body = self.create_request(task, args, kwargs)
-        if not _creates_here():
+        if not server.queues_here():
             run = await sync_to_async(self._post, thread_sensitive=False)(body)
         else:
             run, _ = await server.acall(lifecycle.create, body)
@@ -283,12 +282,6 @@ class TaskQueueBackend(BaseTaskBackend):
         """A ``TaskResult`` of ``run``: status mapped from its state, value, errors, attempts."""
         task = task if task is not None else self.task_of(run)
         return task_result(run, task, task.backend)
-
-
-def _creates_here() -> bool:
-    """True where a run can be created directly: in the server process, or in any process when
-    the engine is shared by every process (Redis), with no HTTP hop. Else it is POSTed."""
-    return server.serving_loop() is not None or get_queues().shared
 
 
 def _refuse_in_loop(name: str, instead: str) -> None:

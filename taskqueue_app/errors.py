@@ -40,6 +40,11 @@ class QueueFull(Exception):
 
     retry_after = 1
 
+    @classmethod
+    def of_lane(cls, task_key: str, lane: str) -> QueueFull:
+        """The error every engine raises for a full ``lane`` of ``task_key``."""
+        return cls(f"the {lane} queue of {task_key!r} is full")
+
 
 class EngineUnavailable(Exception):
     """The queue engine cannot serve from this process (another one serves the site, say): the

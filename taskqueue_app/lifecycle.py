@@ -39,7 +39,6 @@ __all__ = [
     "disconnect",
     "fail",
     "get",
-    "in_hand",
     "restore",
     "retry",
     "start",
@@ -73,11 +72,6 @@ def reset() -> None:
     """Forget the process-local helpers (a testing utility: each test has its own loop)."""
     global _process
     _process = _Process()
-
-
-async def in_hand(holder: str) -> list[TaskRun]:
-    """Every run a connection has: sent and not yet acked, acked, or started (oldest first)."""
-    return await get_queues().held(holder)
 
 
 # -- create -------------------------------------------------------------------------------------

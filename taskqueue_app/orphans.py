@@ -51,36 +51,33 @@ def _stranded(before: datetime) -> list[TaskRun]:
     return [TaskRun.from_record(record) for record in records]
 
 
-async def sweep(timeout: float, suspects: dict | None = None) -> int:
+async def sweep(timeout: float, suspects: dict) -> int:
     """Give back every run stranded for ``timeout`` seconds; how many were.
 
-    With ``suspects`` (run id -> its record's ``updated``, kept between sweeps), a run is given
-    back only when the previous sweep found it stranded too, unchanged: a run whose outcome is
+    ``suspects`` (run id -> its record's ``updated``) is kept between sweeps: a run is given
+    back only when the previous sweep found it stranded too, unchanged. A run whose outcome is
     being recorded right now is out of its worker's hands for a moment, and must not be taken
     for an orphan. Just before a run is given back, its record is read again.
     """
     await writer.flush()  # the records must show the state changes still being written
     candidates = await sync_to_async(_stranded)(now() - timedelta(seconds=timeout))
     queues = get_queues()
-    seen = {} if suspects is None else dict(suspects)
-    if suspects is not None:
-        suspects.clear()
+    seen = dict(suspects)
+    suspects.clear()
     given = 0
     for run in candidates:
         if await queues.find_held(run.id) is not None:
             continue  # a live connection has it: its worker came back
-        if suspects is not None:
-            suspects[run.id] = run.updated
-            if seen.get(run.id) != run.updated:
-                continue  # first seen stranded: given back at the next sweep if still so
+        suspects[run.id] = run.updated
+        if seen.get(run.id) != run.updated:
+            continue  # first seen stranded: given back at the next sweep if still so
         await writer.flush()
         fresh = await aread(run.id)
         if fresh is None or fresh.updated != run.updated or fresh.state_type != run.state_type:
             continue  # it moved on meanwhile (an outcome came in)
         if await queues.find_held(run.id) is not None:
             continue
-        if suspects is not None:
-            suspects.pop(run.id, None)
+        del suspects[run.id]
         given += 1
         if run.state_type == StateType.RUNNING:
             await lifecycle.crash(fresh, ORPHAN_ERROR)

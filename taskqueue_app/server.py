@@ -28,6 +28,7 @@ __all__ = [
     "in_serving_loop",
     "on_shutdown",
     "producer_loop",
+    "queues_here",
     "serving_loop",
     "shutdown",
 ]
@@ -101,13 +102,18 @@ def producer_loop() -> asyncio.AbstractEventLoop:
         return _producer
 
 
+def queues_here() -> bool:
+    """True where runs can be created and read in this process: the server's, or any process
+    when the engine is shared by every process (Redis), with no HTTP hop."""
+    return serving_loop() is not None or get_queues().shared
+
+
 def _loop_for_calls() -> asyncio.AbstractEventLoop | None:
     """Where the queues of this process live: the server's loop, or with a shared engine and
     no server here the producer loop; None when neither (then a call runs in a loop of its own)."""
-    loop = serving_loop()
-    if loop is None and get_queues().shared:
-        loop = producer_loop()
-    return loop
+    if not queues_here():
+        return None
+    return serving_loop() or producer_loop()
 
 
 def _submit(coro: Awaitable[T], loop: asyncio.AbstractEventLoop) -> Future:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.request
 import uuid
@@ -39,9 +36,9 @@ from taskqueue_app.testing import free_port, queued, take
 from taskqueue_app.testing import queue_row as lane_row
 from taskqueue_app.worker.django_worker import DjangoTaskWorker
 from tests.worker_helpers import (
-    ROOT,
     Received,
     api,
+    shell_result,
     start_django_worker,
     terminate_gently,
     wait_for_state,
@@ -343,25 +340,9 @@ SHELL_READ = """
 """
 
 
-def _shell(server: ProjectServer, code: str) -> dict:
-    """Run ``code`` in ``manage.py shell``: another process, reaching the server over HTTP."""
-    env = server.environ()
-    done = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
-
-
 @pytest.mark.timeout(120)
 def test_enqueue_from_another_process_retries_defer_and_a_full_queue(server):
-    sent = _shell(server, SHELL_ENQUEUE)
+    sent = shell_result(server, SHELL_ENQUEUE)
     ids = sent["ids"]
     assert sent["full"] and "full" in sent["full"]
     status, queues = api(server, "GET", "task_queues/")
@@ -376,7 +357,7 @@ def test_enqueue_from_another_process_retries_defer_and_a_full_queue(server):
     assert datetime.fromisoformat(deferred["start_time"]) >= due  # not started before its time
     flaky = wait_for_state(server, ids["flaky"])
     assert flaky["run_count"] == 2  # failed once, then succeeded on the retry
-    read = _shell(server, SHELL_READ.format(ids=ids))
+    read = shell_result(server, SHELL_READ.format(ids=ids))
     assert read["add"] == ["SUCCESSFUL", 3, 1, 0]
     assert read["flaky"] == ["SUCCESSFUL", "Hello, Ada! (attempt 2)", 2, 1]
     assert read["deferred"] == ["SUCCESSFUL", 7, 1, 0]

@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.request
 import uuid
@@ -46,6 +43,7 @@ from tests.worker_helpers import (
     ROOT,
     Received,
     create_run,
+    shell_result,
     start_django_worker,
     terminate_gently,
     wait_for_state,
@@ -105,21 +103,6 @@ async def afinished(result, timeout: float = 20.0):
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=20) as response:
         return json.loads(response.read())
-
-
-def _shell(server: ProjectServer, code: str, **env: str) -> dict:
-    """``code`` in ``manage.py shell`` with the server's settings, ``env`` on top."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env={**server.environ(), "DJANGO_SETTINGS_MODULE": "tests.e2e_settings", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line.removeprefix("RESULT "))
 
 
 # -- enqueue, get_result, refresh ----------------------------------------------------------------
@@ -232,10 +215,12 @@ def test_queue_priority_run_after_and_alias_round_trip_through_every_process(ser
     for view in ("details", "adetails"):
         assert _get_json(f"{server.url}/test/{view}/{result.id}") == expected
     # A process sharing the server's database, with no server URL: the records.
-    assert _shell(server, SHELL_READ.format(id=result.id), TASKQUEUE_SERVER_URL="") == expected
+    assert (
+        shell_result(server, SHELL_READ.format(id=result.id), TASKQUEUE_SERVER_URL="") == expected
+    )
     # A process with a database of its own, empty (no tables): over HTTP.
     empty = str(tmp_path / "empty.sqlite3")
-    assert _shell(server, SHELL_READ.format(id=result.id), TASKQUEUE_DB=empty) == expected
+    assert shell_result(server, SHELL_READ.format(id=result.id), TASKQUEUE_DB=empty) == expected
 
 
 # -- errors, tracebacks, return values -----------------------------------------------------------

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.error
@@ -111,6 +112,22 @@ class Received:
 
     def __exit__(self, *exc) -> None:
         self.signal.disconnect(self)
+
+
+def shell_result(server: ProjectServer, code: str, **env: str) -> dict:
+    """Run ``code`` in ``manage.py shell`` (another process) with the server's settings and
+    ``env`` on top; the JSON it printed on its ``RESULT `` line."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**server.environ(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
 
 
 def worker_env(server: ProjectServer, **extra: str) -> dict[str, str]:
@@ -229,6 +246,7 @@ def terminate_gently(worker: WorkerProcess) -> None:
 
 
 __all__ = [
+    "shell_result",
     "Received",
     "FINAL_STATES",
     "WorkerProcess",

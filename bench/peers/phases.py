@@ -108,12 +108,21 @@ def bursts(
         if cpu_before is not None and cpu_after is not None:
             one["server_cpu_ms_per_run"] = 1000 * (cpu_after - cpu_before) / runs
         repeats.append(one)
+    return median_burst(repeats)
+
+
+def median_burst(
+    repeats: list[dict[str, Any]], cpu_fields: Sequence[str] = ("server_cpu_ms_per_run",)
+) -> dict[str, Any]:
+    """The median burst's summary by runs/s, every repeat's runs/s, and the median of each of
+    ``cpu_fields`` over the repeats that measured it."""
     ordered = sorted(repeats, key=lambda one: one["runs_per_s"])
     middle = dict(ordered[len(ordered) // 2])
     middle["repeats_runs_per_s"] = [one["runs_per_s"] for one in repeats]
-    cpus = [one["server_cpu_ms_per_run"] for one in repeats if "server_cpu_ms_per_run" in one]
-    if cpus:
-        middle["server_cpu_ms_per_run"] = statistics.median(cpus)
+    for name in cpu_fields:
+        values = [one[name] for one in repeats if name in one]
+        if values:
+            middle[name] = statistics.median(values)
     return middle
 
 

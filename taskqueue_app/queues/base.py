@@ -14,11 +14,27 @@ from typing import Any, NamedTuple
 
 from ..errors import QueueFull
 
-__all__ = ["LANES", "RETRY", "SCHEDULED", "Connection", "Held", "QueueFull", "Queues"]
+__all__ = [
+    "LANES",
+    "RETRY",
+    "SCHEDULED",
+    "Connection",
+    "Held",
+    "QueueFull",
+    "Queues",
+    "check_lane",
+]
 
 SCHEDULED = "scheduled"
 RETRY = "retry"
 LANES = (SCHEDULED, RETRY)
+
+
+def check_lane(lane: str) -> str:
+    """``lane``, or ``ValueError`` when it is not one of ``LANES``."""
+    if lane not in LANES:
+        raise ValueError(f"lane must be one of {', '.join(LANES)}, not {lane!r}")
+    return lane
 
 
 class Held(NamedTuple):

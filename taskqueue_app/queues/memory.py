@@ -12,18 +12,12 @@ from typing import Any
 
 from ..states import StateType
 from ..task_queue import MultiQueue, TaskQueue
-from .base import LANES, RETRY, SCHEDULED, Connection, Held, QueueFull, Queues
+from .base import RETRY, SCHEDULED, Connection, Held, QueueFull, Queues, check_lane
 from .connections import WorkerConnections
 from .lock import ServerLock
 from .scheduler import Scheduler
 
 __all__ = ["MemoryQueues"]
-
-
-def _lane(lane: str) -> str:
-    if lane not in LANES:
-        raise ValueError(f"lane must be one of {', '.join(LANES)}, not {lane!r}")
-    return lane
 
 
 def _due_later(run: Any) -> bool:
@@ -54,9 +48,6 @@ class MemoryQueues(Queues):
         room = queue.retry_room() if lane == RETRY else queue.scheduled_room()
         return room - self._reserved.get((task_key, lane), 0)
 
-    def _full(self, task_key: str, lane: str) -> QueueFull:
-        return QueueFull(f"the {lane} queue of {task_key!r} is full")
-
     async def start(self) -> None:
         global _server_lock
         alias = self.options.get("DATABASE", "default")
@@ -68,15 +59,15 @@ class MemoryQueues(Queues):
 
     async def enqueue(self, run: Any, lane: str = SCHEDULED) -> None:
         if _due_later(run):
-            self._scheduler.schedule(run, _lane(lane))
+            self._scheduler.schedule(run, check_lane(lane))
             return
-        if self._room(run.task_key, _lane(lane)) <= 0:
-            raise self._full(run.task_key, lane)
+        if self._room(run.task_key, check_lane(lane)) <= 0:
+            raise QueueFull.of_lane(run.task_key, lane)
         self._scheduler.enqueue(run, lane)
 
     async def reserve(self, task_key: str, lane: str = SCHEDULED) -> None:
-        if self._room(task_key, _lane(lane)) <= 0:
-            raise self._full(task_key, lane)
+        if self._room(task_key, check_lane(lane)) <= 0:
+            raise QueueFull.of_lane(task_key, lane)
         self._reserved[(task_key, lane)] = self._reserved.get((task_key, lane), 0) + 1
 
     async def unreserve(self, task_key: str, lane: str = SCHEDULED) -> None:
@@ -92,7 +83,7 @@ class MemoryQueues(Queues):
     async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> None:
         if reserved:
             self._unreserve(run.task_key, lane)
-        self._scheduler.schedule(run, _lane(lane))
+        self._scheduler.schedule(run, check_lane(lane))
 
     async def cancel(self, run_id: Any) -> Any | None:
         run = TaskQueue.remove(run_id)

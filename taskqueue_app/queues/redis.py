@@ -29,8 +29,9 @@ from ..conf import taskqueue_settings
 from ..errors import QueueFull
 from ..schemas import TaskRun
 from . import redis_views
-from .base import LANES, RETRY, SCHEDULED, Connection, Held, Queues
+from .base import RETRY, SCHEDULED, Connection, Held, Queues, check_lane
 from .redis_scripts import PRELUDE, SCRIPTS
+from .redis_views import text as _text
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +45,7 @@ def _now_ms() -> int:
 
 
 def _code(lane: str) -> str:
-    if lane not in LANES:
-        raise ValueError(f"lane must be one of {', '.join(LANES)}, not {lane!r}")
-    return LANE_CODE[lane]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return LANE_CODE[check_lane(lane)]
 
 
 def _load(payload: Any) -> TaskRun:
@@ -164,13 +159,13 @@ class RedisQueues(Queues):
             await self._run("defer", *common, due_ms, "1" if mode == "reserved" else "0")
             return
         if not await self._run("enqueue", *common, _now_ms(), mode):
-            raise QueueFull(f"the {lane} queue of {run.task_key!r} is full")
+            raise QueueFull.of_lane(run.task_key, lane)
 
     async def reserve(self, task_key: str, lane: str = SCHEDULED) -> None:
         now = _now_ms()
         expiry = now + int(self.reservation_ttl * 1000)
         if not await self._run("reserve", task_key, _code(lane), uuid.uuid4().hex, expiry, now):
-            raise QueueFull(f"the {lane} queue of {task_key!r} is full")
+            raise QueueFull.of_lane(task_key, lane)
 
     async def unreserve(self, task_key: str, lane: str = SCHEDULED) -> None:
         client = await self._ready()

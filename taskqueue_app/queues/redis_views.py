@@ -12,16 +12,17 @@ from ..conf import taskqueue_settings
 from ..states import StateType
 from .base import Connection
 
-__all__ = ["connections", "snapshot"]
+__all__ = ["connections", "snapshot", "text"]
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis reply as ``str`` (replies are bytes)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _when(value: Any) -> datetime:
     try:
-        return datetime.fromisoformat(_text(value))
+        return datetime.fromisoformat(text(value))
     except (TypeError, ValueError):
         return datetime.now(UTC)
 
@@ -29,7 +30,7 @@ def _when(value: Any) -> datetime:
 def _bounds(spec: Any) -> tuple[int | None, int | None]:
     if not spec:
         return None, None
-    scheduled, _, retry = _text(spec).partition(",")
+    scheduled, _, retry = text(spec).partition(",")
     return (int(scheduled) if scheduled else None), (int(retry) if retry else None)
 
 
@@ -39,7 +40,7 @@ async def connections(engine: Any, client: Any) -> list[Connection]:
     activity = await client.hgetall(engine._key("act"))
     result = []
     for holder, raw in sorted(conns.items()):
-        holder = _text(holder)
+        holder = text(holder)
         record = json.loads(raw)
         result.append(
             Connection(
@@ -55,7 +56,7 @@ async def connections(engine: Any, client: Any) -> list[Connection]:
 
 
 def _key_of(meta: Any) -> str | None:
-    return _text(meta).partition("|")[2] if meta else None
+    return text(meta).partition("|")[2] if meta else None
 
 
 async def snapshot(engine: Any, client: Any) -> list[dict[str, Any]]:
@@ -78,7 +79,7 @@ async def snapshot(engine: Any, client: Any) -> list[dict[str, Any]]:
         task_key = _key_of(metas.get(run_id))
         if task_key is not None:
             held[task_key] = held.get(task_key, 0) + 1
-            if _text(states.get(run_id, b"")) == StateType.RUNNING:
+            if text(states.get(run_id, b"")) == StateType.RUNNING:
                 running[task_key] = running.get(task_key, 0) + 1
     waiting: dict[str, int] = {}
     for run_id in deferred:
@@ -90,10 +91,10 @@ async def snapshot(engine: Any, client: Any) -> list[dict[str, Any]]:
         for task_key in dict.fromkeys(json.loads(raw)["task_keys"]):
             workers[task_key] = workers.get(task_key, 0) + 1
     settings_keys = taskqueue_settings.KEYS if isinstance(taskqueue_settings.KEYS, dict) else {}
-    cfg = {_text(k): v for k, v in cfg.items()}
-    kcfg = {_text(k): v for k, v in kcfg.items()}
+    cfg = {text(k): v for k, v in cfg.items()}
+    kcfg = {text(k): v for k, v in kcfg.items()}
     names = sorted(
-        {_text(k) for k in known}
+        {text(k) for k in known}
         | set(cfg)
         | set(settings_keys)
         | set(held)
