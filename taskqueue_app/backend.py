@@ -29,7 +29,7 @@ from django.core.exceptions import ImproperlyConfigured, SuspiciousOperation
 from django.db import DatabaseError, connections, router, transaction
 from django.utils.module_loading import import_string
 
-from . import lifecycle, records, server
+from . import actions, lifecycle, records, server
 from .conf import taskqueue_settings
 from .models import TaskRunRecord
 from .results import STATUS_OF_STATE, queue_key, task_as_enqueued, task_path_of, task_result
@@ -43,7 +43,7 @@ from .tasks_compat import (
     normalize_json,
     task_enqueued,
 )
-from .worker.http import EnqueueError, post_run
+from .worker.http import EnqueueError, cancel_run, post_run
 
 __all__ = ["STATUS_OF_STATE", "EnqueueError", "QueueTask", "TaskQueueBackend", "task_result"]
 
@@ -197,15 +197,34 @@ class TaskQueueBackend(BaseTaskBackend):
         return result
 
     def _post(self, body: dict[str, Any]) -> TaskRun:
-        url = taskqueue_settings.SERVER_URL
-        if not url:
-            raise ImproperlyConfigured(
-                "cannot enqueue: this process is not the task server (no server loop is "
-                "running here) and TASKQUEUE['SERVER_URL'] is not set; set it to the "
-                "server's API base, e.g. http://127.0.0.1:8000/api"
-            )
+        url = _server_url("enqueue")
         data = post_run(url, body, taskqueue_settings.AUTH_TOKEN, self.timeout)
         return TaskRun.from_dict(data)
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    def cancel(self, result_id: str) -> TaskResult:
+        """Cancel the run of ``result_id``: the result as it is now (its run CANCELLED, or
+        still RUNNING until its worker confirms). ``TaskResultDoesNotExist`` for an unknown
+        run, ``AlreadyFinished`` for a finished one."""
+        run_id = _parse_result_id(result_id)
+        if server.queues_here():
+            _refuse_in_loop("cancel", "await backend.acancel(...)")
+            return self._existing(result_id, server.call(actions.cancel, run_id))
+        return self._existing(result_id, self._cancel_remote(run_id))
+
+    async def acancel(self, result_id: str) -> TaskResult:
+        """``cancel`` for async code."""
+        run_id = _parse_result_id(result_id)
+        if server.queues_here():
+            return self._existing(result_id, await server.acall(actions.cancel, run_id))
+        run = await sync_to_async(self._cancel_remote, thread_sensitive=False)(run_id)
+        return self._existing(result_id, run)
+
+    def _cancel_remote(self, run_id: uuid.UUID) -> TaskRun | None:
+        url = _server_url("cancel")
+        data = cancel_run(url, str(run_id), taskqueue_settings.AUTH_TOKEN, self.timeout)
+        return None if data is None else TaskRun.from_dict(data)
 
     # -- results ------------------------------------------------------------------------------
 
@@ -282,6 +301,17 @@ class TaskQueueBackend(BaseTaskBackend):
         """A ``TaskResult`` of ``run``: status mapped from its state, value, errors, attempts."""
         task = task if task is not None else self.task_of(run)
         return task_result(run, task, task.backend)
+
+
+def _server_url(action: str) -> str:
+    url = taskqueue_settings.SERVER_URL
+    if not url:
+        raise ImproperlyConfigured(
+            f"cannot {action}: this process is not the task server (no server loop is "
+            "running here) and TASKQUEUE['SERVER_URL'] is not set; set it to the "
+            "server's API base, e.g. http://127.0.0.1:8000/api"
+        )
+    return url
 
 
 def _refuse_in_loop(name: str, instead: str) -> None:

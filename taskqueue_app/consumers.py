@@ -28,8 +28,15 @@ daphne_close.install()
 
 # Every live connection, so that a stopping server can tell each worker to reconnect.
 _live: weakref.WeakSet[SubscriptionConsumer] = weakref.WeakSet()
-_closers: set[asyncio.Task] = set()
+_closers: set[asyncio.Task] = set()  # tasks of ``_spawn``
 FLUSH_TURNS = 3
+
+
+def _spawn(work: Any) -> None:
+    """Run ``work`` in a task of its own (from a callback, or to outlive the caller's task)."""
+    task = asyncio.get_running_loop().create_task(work)
+    _closers.add(task)  # a task nobody references may be collected before it runs
+    task.add_done_callback(_closers.discard)
 
 
 class Phase(enum.Enum):
@@ -147,11 +154,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
 
     def _handshake_expired(self) -> None:
         if self.phase in (Phase.AUTH, Phase.SUBSCRIBE):
-            closer = asyncio.get_running_loop().create_task(
-                self._close(protocol.CLOSE_POLICY_VIOLATION, protocol.HANDSHAKE_TIMEOUT)
-            )
-            _closers.add(closer)
-            closer.add_done_callback(_closers.discard)
+            _spawn(self._close(protocol.CLOSE_POLICY_VIOLATION, protocol.HANDSHAKE_TIMEOUT))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Every frame from the worker, routed by the phase the connection is in."""
@@ -176,6 +179,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.phase = Phase.SUBSCRIBED
         self._cancel_handshake_timer()
         await self.queues.connect(self.conn_id, subscription.client_id, subscription.keys)
+        self.queues.listen(self.conn_id, self._on_notice)
         self._add_credits(subscription.prefetch)
         self.delivery = asyncio.get_running_loop().create_task(
             self._deliver(list(subscription.keys)),
@@ -257,6 +261,15 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                     return
                 await self.send(text_data=protocol.recorded(run_id, kind))
 
+    def _on_notice(self, message: str) -> None:
+        """A notice for this connection's worker (an operator's cancel), from any process.
+
+        Only a worker that reports outcomes knows the frame: a Prefect client would take it
+        for a malformed run.
+        """
+        if self.phase is Phase.SUBSCRIBED and self.subscription.reports_outcomes:
+            _spawn(self.send(text_data=message))
+
     # -- delivery -------------------------------------------------------------------------------
 
     def _add_credits(self, count: int) -> None:
@@ -285,11 +298,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             # Never leave a connection open that no longer delivers: close it (its runs go back)
             # from another task, since closing cancels this one.
             logger.exception("delivery to connection %s failed", self.conn_id)
-            closer = asyncio.get_running_loop().create_task(
-                self._close(protocol.CLOSE_INTERNAL_ERROR, "Internal server error")
-            )
-            _closers.add(closer)  # a task nobody references may be collected before it runs
-            closer.add_done_callback(_closers.discard)
+            _spawn(self._close(protocol.CLOSE_INTERNAL_ERROR, "Internal server error"))
 
     def _cancel_handshake_timer(self) -> None:
         if self.handshake_timer is not None:
@@ -334,6 +343,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         if self.confirmer is not None:
             self.confirmer.cancel()  # unconfirmed reports are sent again after a reconnect
             self.confirmer = None
+        self.queues.unlisten(self.conn_id)
         await self.queues.disconnect(self.conn_id)
         self.unacked.clear()
         self.holding.clear()

@@ -7,6 +7,7 @@ No import: the worker side and out-of-process producers read these without the s
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyFinished",
     "Crashed",
     "EngineUnavailable",
     "NotJSONSerializable",
@@ -44,6 +45,10 @@ class QueueFull(Exception):
     def of_lane(cls, task_key: str, lane: str) -> QueueFull:
         """The error every engine raises for a full ``lane`` of ``task_key``."""
         return cls(f"the {lane} queue of {task_key!r} is full")
+
+
+class AlreadyFinished(Exception):
+    """A cancel of a run that has already finished (COMPLETED, FAILED, CRASHED, CANCELLED)."""
 
 
 class EngineUnavailable(Exception):

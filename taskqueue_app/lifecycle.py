@@ -1,5 +1,5 @@
-"""The one place where a run changes state: create, defer, deliver, ack, start, finish, crash,
-retry.
+"""Where a run changes state as its worker reports: create, defer, deliver, ack, start,
+finish, crash (an operator's retry, cancel and give-back are in ``actions``).
 
 Views, the consumer and the Tasks backend call these coroutines, in the server's event loop, and
 never change a state themselves. Each writes the run record (creates durably, state changes
@@ -24,12 +24,11 @@ from .queues import RETRY, SCHEDULED, QueueFull, get_queues
 from .records import aread, writer
 from .restoring import restore
 from .schemas import TaskRun, ValidationError, check_storable, now, run_from_request, storable_copy
-from .states import FINISHED_STATES, TERMINAL_STATES, StateType
+from .states import CANCELLING, TERMINAL_STATES, StateType
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "NotFinishedError",
     "QueueFullError",
     "acknowledge",
     "cancelled",
@@ -38,9 +37,9 @@ __all__ = [
     "create",
     "disconnect",
     "fail",
+    "finish_cancelled",
     "get",
     "restore",
-    "retry",
     "start",
 ]
 
@@ -51,16 +50,10 @@ QueueFullError = QueueFull
 HANDED_OVER = "Delivered"
 
 
-class NotFinishedError(Exception):
-    """A hand retry of a run that is not FAILED, CRASHED or CANCELLED."""
-
-
 class _Process:
     """Process-local helpers of the lifecycle (nothing about runs: that lives in the engine)."""
 
     def __init__(self) -> None:
-        # Hand retries one at a time here; the record's state decides between processes.
-        self.retry_lock = asyncio.Lock()
         # Creates whose caller hung up while the insert was in flight, finishing on their own.
         self.finishing: set[asyncio.Task] = set()
 
@@ -312,12 +305,18 @@ async def cancelled(holder: str, run_id: uuid.UUID, client_id: str | None = None
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
+    return finish_cancelled(run, client_id)
+
+
+def finish_cancelled(run: TaskRun, worker: str | None = None) -> TaskRun:
+    """Record ``run`` (out of every queue and hand already) CANCELLED; its attempt, if one
+    was running, ends here."""
     stamp = now()
     done = run.with_state(
         StateType.CANCELLED,
         "Cancelled",
         finished=stamp,
-        attempts=ended(run, stamp, None, client_id),
+        attempts=ended(run, stamp, None, worker),
     )
     writer.update(done, "finished", "run_count", "started", "worker", "attempts")
     return done
@@ -352,7 +351,10 @@ async def disconnect(holder: str) -> None:
 
 
 async def crash(run: TaskRun, error: dict[str, Any]) -> TaskRun:
-    """A started run whose worker is gone: CRASHED, retried if it has retries left."""
+    """A started run whose worker is gone: CRASHED, retried if it has retries left; CANCELLED
+    if an operator had asked to cancel it (its worker can no longer confirm)."""
+    if run.state_name == CANCELLING:
+        return finish_cancelled(run)
     return await _retry_or_finish(run, StateType.CRASHED, "Crashed", error)
 
 
@@ -363,30 +365,3 @@ async def get(run_id: uuid.UUID) -> TaskRun | None:
     """The run as recorded (after any pending writes), or None."""
     await writer.flush()
     return await aread(run_id)
-
-
-async def retry(run_id: uuid.UUID) -> TaskRun | None:
-    """Put a finished run into its key's retry lane now; None if there is no such run.
-
-    Raises ``NotFinishedError`` unless it is FAILED, CRASHED or CANCELLED, and
-    ``QueueFullError`` when the retry lane is full.
-    """
-    queues = get_queues()
-    async with _process.retry_lock:
-        run = await get(run_id)
-        if run is None:
-            return None
-        if run.state_type not in FINISHED_STATES:
-            raise NotFinishedError(f"run {run_id} is {run.state_type}, not finished")
-        await queues.reserve(run.task_key, RETRY)
-        again = run.with_state(
-            StateType.SCHEDULED, "AwaitingRetry", finished=None, expected_start_time=now()
-        )
-        try:
-            writer.update(again, "finished", "expected_start_time")
-            await writer.flush()
-        except BaseException:
-            await queues.unreserve(run.task_key, RETRY)
-            raise
-    await queues.admit(again, RETRY, reserved=True)
-    return again

@@ -26,11 +26,11 @@ from .models import TaskRunRecord
 from .queues import get_queues
 from .records import aread, writer
 from .schemas import TaskRun, now
-from .states import StateType
+from .states import CANCELLING, StateType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ORPHAN_ERROR", "Sweeper", "sweep"]
+__all__ = ["ORPHAN_ERROR", "WATCHED", "Sweeper", "give_back", "sweep"]
 
 ORPHAN_ERROR = {
     "type": "taskqueue_app.errors.Orphaned",
@@ -39,7 +39,7 @@ ORPHAN_ERROR = {
 }
 # The holder name under which orphans pass through the engine on their way back.
 SWEEPER = "taskqueue-orphan-sweeper"
-WATCHED = ("Pending", "Running")  # "Delivered" (a Prefect client's) is the worker's for good
+WATCHED = ("Pending", "Running", CANCELLING)  # "Delivered" (a Prefect client's) is its own
 
 
 def _stranded(before: datetime) -> list[TaskRun]:
@@ -79,17 +79,24 @@ async def sweep(timeout: float, suspects: dict) -> int:
             continue
         del suspects[run.id]
         given += 1
-        if run.state_type == StateType.RUNNING:
-            await lifecycle.crash(fresh, ORPHAN_ERROR)
-            continue
-        back = fresh.with_state(StateType.SCHEDULED, "Scheduled")
-        writer.update(back)
-        # Through the engine's own give-back, so that it goes first in line like any release.
-        await queues.hold(SWEEPER, back)
-        await queues.release(SWEEPER)
+        await give_back(fresh, ORPHAN_ERROR)
     if given:
         logger.warning("gave back %d run(s) whose worker vanished (ORPHAN_TIMEOUT)", given)
     return given
+
+
+async def give_back(run: TaskRun, error: dict) -> TaskRun:
+    """A stranded run (no connection holds it) goes on: RUNNING crashes with ``error`` (and is
+    retried if it may be), PENDING goes back to the front of its key's retry lane."""
+    if run.state_type == StateType.RUNNING:
+        return await lifecycle.crash(run, error)
+    back = run.with_state(StateType.SCHEDULED, "Scheduled")
+    writer.update(back)
+    # Through the engine's own give-back, so that it goes first in line like any release.
+    queues = get_queues()
+    await queues.hold(SWEEPER, back)
+    await queues.release(SWEEPER)
+    return back
 
 
 class Sweeper:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import TooLargeError, ValidationError
-from .states import StateType
+from .states import CANCELLING, StateType
 from .storable import check_storable, storable_copy
 
 __all__ = [
@@ -133,6 +133,14 @@ class TaskRun:
             **changes,
         )
 
+    @property
+    def state_details(self) -> dict[str, Any]:
+        """Prefect's ``state_details`` (``deferred``: served by a task worker), and
+        ``cancel_requested`` while an operator's cancel waits for the worker."""
+        if self.state_name == CANCELLING:
+            return {"deferred": True, "cancel_requested": True}
+        return {"deferred": True}
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: DESIGN §4's fields plus those Prefect's client ``TaskRun`` expects."""
         created = isoformat(self.created)
@@ -149,7 +157,7 @@ class TaskRun:
                 "name": self.state_name,
                 "timestamp": isoformat(self.state_timestamp),
                 "message": None,
-                "state_details": {"deferred": True},
+                "state_details": self.state_details,
             },
             "state_type": self.state_type,
             "state_name": self.state_name,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["FINISHED_STATES", "TERMINAL_STATES", "StateType"]
+__all__ = ["CANCELLING", "FINISHED_STATES", "TERMINAL_STATES", "StateType"]
 
 
 class StateType(enum.StrEnum):
@@ -35,3 +35,7 @@ class StateType(enum.StrEnum):
 
 FINISHED_STATES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 TERMINAL_STATES = FINISHED_STATES | {StateType.COMPLETED}
+
+# The state name of a RUNNING run an operator asked to cancel, until its worker confirms: its
+# JSON shows ``state_details.cancel_requested``, and a crash of it ends CANCELLED, not retried.
+CANCELLING = "Cancelling"

@@ -198,10 +198,11 @@ def reset() -> None:
     """
     from asgiref.sync import async_to_sync
 
-    from . import lifecycle, server
+    from . import actions, lifecycle, server
     from .queues import get_queues
     from .records import writer
 
+    actions.reset()
     lifecycle.reset()
     server.reset()
     writer.reset()

@@ -30,7 +30,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import lifecycle, server
+from . import actions, lifecycle, server
 from .auth import token_auth
 from .conf import taskqueue_settings
 from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
@@ -202,10 +202,7 @@ def _other_run(existing: TaskRun, data: dict) -> bool:
 @api_view("GET", permission="taskqueue_app.view_taskrunrecord")
 async def task_run_detail(request: HttpRequest, run_id: str) -> HttpResponse:
     """One run as recorded, with its state, result or error."""
-    run = await lifecycle.get(_run_id(run_id))
-    if run is None:
-        raise HttpError(404, f"no task run with id {run_id}")
-    return _run_response(run)
+    return _found(await lifecycle.get(_run_id(run_id)), run_id)
 
 
 @api_view("POST")
@@ -214,16 +211,42 @@ async def task_run_retry(request: HttpRequest, run_id: str) -> HttpResponse:
     run_uuid = _run_id(run_id)
     read_json(request, required=False)  # no fields yet, but a body must still be sound
     try:
-        run = await lifecycle.retry(run_uuid)
-    except lifecycle.NotFinishedError as exc:
-        raise HttpError(
-            409, f"{exc}: only FAILED, CRASHED or CANCELLED runs can be retried"
-        ) from None
+        run = await server.acall(actions.retry, run_uuid)
+    except actions.NotFinishedError as exc:
+        raise HttpError(409, str(exc)) from None
     except lifecycle.QueueFullError as exc:
         raise _busy(f"{exc}; try again later", exc.retry_after) from None
+    return _found(run, run_id)
+
+
+@api_view("POST")
+async def task_run_cancel(request: HttpRequest, run_id: str) -> HttpResponse:
+    """Cancel a run: CANCELLED at once, or RUNNING with ``cancel_requested`` until its worker
+    confirms."""
+    run_uuid = _run_id(run_id)
+    read_json(request, required=False)
+    try:
+        run = await server.acall(actions.cancel, run_uuid)
+    except actions.AlreadyFinished as exc:
+        raise HttpError(409, str(exc)) from None
+    return _found(run, run_id)
+
+
+def _found(run: TaskRun | None, run_id: str) -> HttpResponse:
     if run is None:
         raise HttpError(404, f"no task run with id {run_id}")
     return _run_response(run)
+
+
+@csrf_exempt
+async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
+    """Any other path under the API: a JSON 404 that says where to look, never an HTML page."""
+    hint = ""
+    if request.path.endswith("/"):
+        hint = " (the paths of runs and workers have no trailing slash)"
+    elif any(request.path.endswith(name) for name in ("/task_runs", "/task_queues")):
+        hint = " (this path ends with a slash)"
+    return error_response(404, f"no API endpoint at {request.path}{hint}; see the API docs")
 
 
 @api_view("GET", permission="taskqueue_app.view_queuedashboard")

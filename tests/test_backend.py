@@ -15,11 +15,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
 
+import taskqueue_app
 from project.servers import ProjectServer
 from project.tasks import add, flaky_greeting, wait_then_echo
 from taskqueue_app import lifecycle
 from taskqueue_app import server as tq_server
 from taskqueue_app.backend import EnqueueError, QueueTask, TaskQueueBackend
+from taskqueue_app.errors import AlreadyFinished
 from taskqueue_app.management.commands.taskworker import discover_tasks
 from taskqueue_app.models import StateType, TaskRunRecord
 from taskqueue_app.queues import get_queues
@@ -362,3 +364,56 @@ def test_enqueue_from_another_process_retries_defer_and_a_full_queue(server):
     assert read["flaky"] == ["SUCCESSFUL", "Hello, Ada! (attempt 2)", 2, 1]
     assert read["deferred"] == ["SUCCESSFUL", 7, 1, 0]
     server.worker.wait_for(rf"run {flaky_greeting.module_path} {ids['flaky']} failed .*attempt 1")
+
+
+# -- cancel (the Tasks framework has none: taskqueue_app.cancel) --------------------------------
+
+
+@DB
+async def test_cancel_a_waiting_result_in_the_server_loop():
+    await tq_server.ensure_started()
+    result = await add.aenqueue(1, 2)
+    cancelled = await taskqueue_app.acancel(result.id)
+    assert cancelled.status == TaskResultStatus.FAILED  # the framework has no cancelled status
+    assert await queued(ADD) == 0
+    record = await TaskRunRecord.objects.aget(pk=uuid.UUID(result.id))
+    assert record.state_type == StateType.CANCELLED
+    with pytest.raises(AlreadyFinished, match="already finished"):
+        await taskqueue_app.acancel(result.id)
+    with pytest.raises(TaskResultDoesNotExist):
+        await taskqueue_app.acancel(str(uuid.uuid4()))
+
+
+SHELL_CANCEL = """
+    import json, uuid
+    from datetime import timedelta
+    from django.utils import timezone
+    import taskqueue_app
+    from taskqueue_app.errors import AlreadyFinished
+    from project.tasks import add
+
+    result = add.using(run_after=timezone.now() + timedelta(hours=1)).enqueue(1, 1)
+    first = taskqueue_app.cancel(result.id)
+    try:
+        taskqueue_app.cancel(result.id)
+        again = None
+    except AlreadyFinished as exc:
+        again = str(exc)
+    try:
+        taskqueue_app.cancel(str(uuid.uuid4()))
+        unknown = None
+    except Exception as exc:
+        unknown = type(exc).__name__
+    print("RESULT " + json.dumps(
+        {"id": result.id, "status": first.status, "again": again, "unknown": unknown}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_cancel_from_another_process_goes_to_the_server(server):
+    sent = shell_result(server, SHELL_CANCEL)
+    assert sent["status"] == "FAILED"
+    assert "already finished" in sent["again"]
+    assert sent["unknown"] == "TaskResultDoesNotExist"
+    status, run = api(server, "GET", f"task_runs/{sent['id']}")
+    assert (status, run["state_type"]) == (200, "CANCELLED")

@@ -9,7 +9,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from taskqueue_app import lifecycle, protocol
+from taskqueue_app import actions, lifecycle, protocol
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import get_queues
 from taskqueue_app.testing import queued, subscriber
@@ -136,3 +136,28 @@ async def test_a_malformed_limit_closes_4001_with_a_reason(extra, reason):
         4001,
         reason,
     )
+
+
+async def test_an_operators_cancel_reaches_the_worker_running_the_run():
+    run_id = await create()
+    comm = await subscribed(["k"])
+    await comm.receive_json_from(WAIT)
+    for message in ("ack", "started"):
+        await comm.send_json_to({"type": message, "id": str(run_id)})
+    assert (await comm.receive_json_from(WAIT))["of"] == "started"
+    asking = await actions.cancel(run_id)
+    assert asking.state_name == "Cancelling"
+    assert await comm.receive_json_from(WAIT) == {"type": "cancel", "id": str(run_id)}
+    await comm.send_json_to({"type": "cancelled", "id": str(run_id)})
+    assert (await comm.receive_json_from(WAIT))["of"] == "cancelled"
+    assert await stored_state(run_id) == "CANCELLED"
+    await comm.disconnect()
+
+
+async def test_a_client_that_reports_nothing_is_never_sent_a_cancel_frame():
+    run_id = await create()
+    comm = await subscriber(application, ["k"], "prefect-like")
+    await comm.receive_json_from(WAIT)  # sent, in its hands (a Prefect client knows no cancel)
+    assert (await actions.cancel(run_id)).state_type == "CANCELLED"
+    assert await comm.receive_nothing(0.2)
+    await comm.disconnect()

@@ -10,26 +10,14 @@ import pytest
 
 from taskqueue_app import lifecycle
 from taskqueue_app.models import TaskRunRecord
-from taskqueue_app.queues import RETRY, get_queues
+from taskqueue_app.queues import get_queues
 from taskqueue_app.records import writer
-from taskqueue_app.schemas import TaskRun, TooLargeError, ValidationError, isoformat, now
+from taskqueue_app.schemas import TooLargeError, ValidationError, isoformat, now
 from taskqueue_app.testing import claim, queued, take, take_now
 from taskqueue_app.testing import queue_row as row
+from tests.lifecycle_helpers import BOOM, make, recorded
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-BOOM = {"type": "ValueError", "message": "boom", "traceback": None}
-
-
-async def make(key: str = "k", **fields) -> TaskRun:
-    run, created = await lifecycle.create({"task_key": key, **fields})
-    assert created
-    return run
-
-
-async def recorded(run_id: uuid.UUID) -> TaskRunRecord:
-    await writer.flush()
-    return await TaskRunRecord.objects.aget(pk=run_id)
 
 
 # -- create and defer ------------------------------------------------------------------------------
@@ -220,45 +208,3 @@ async def test_an_outcome_for_a_run_of_an_earlier_connection_is_accepted():
 
 
 # -- hand retry ------------------------------------------------------------------------------------
-
-
-async def failed(key: str = "k") -> TaskRun:
-    run = await make(key)
-    await claim(key, "c1")
-    await lifecycle.start("c1", run.id, "w1")
-    await lifecycle.fail("c1", run.id, BOOM)
-    return run
-
-
-async def test_hand_retry_of_a_finished_run_puts_it_in_the_retry_lane():
-    run = await failed()
-    again = await lifecycle.retry(run.id)
-    assert (again.state_type, again.state_name) == ("SCHEDULED", "AwaitingRetry")
-    record = await TaskRunRecord.objects.aget(pk=run.id)  # durable before retry() returned
-    assert (record.state_name, record.finished) == ("AwaitingRetry", None)
-    assert (await row("k"))["retry_size"] == 1
-    assert (await take_now("k")).id == run.id
-
-
-async def test_hand_retry_unknown_unfinished_and_full():
-    assert await lifecycle.retry(uuid.uuid4()) is None
-    waiting = await make("other")
-    with pytest.raises(lifecycle.NotFinishedError, match="is SCHEDULED, not finished"):
-        await lifecycle.retry(waiting.id)
-    run = await failed("full")
-    await get_queues().configure("full", retry_size=1)
-    # Any run fills the lane.
-    await get_queues().enqueue(TaskRun(task_key="full", dynamic_key="filler", name="f"), RETRY)
-    with pytest.raises(lifecycle.QueueFullError, match="the retry queue of 'full' is full"):
-        await lifecycle.retry(run.id)
-    assert (await recorded(run.id)).state_type == "FAILED"
-
-
-async def test_two_racing_hand_retries_queue_the_run_once():
-    run = await failed()
-    results = await asyncio.gather(
-        lifecycle.retry(run.id), lifecycle.retry(run.id), return_exceptions=True
-    )
-    assert sum(isinstance(r, TaskRun) for r in results) == 1
-    assert sum(isinstance(r, lifecycle.NotFinishedError) for r in results) == 1
-    assert await queued("k") == 1

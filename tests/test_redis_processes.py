@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 
 import pytest
 from websockets.asyncio.client import connect
@@ -183,5 +184,28 @@ def test_a_worker_whose_process_was_killed_reconnects_and_reports_what_it_ran(si
         assert (done["state_type"], done["result"], done["run_count"]) == ("COMPLETED", "kept", 1)
         assert worker.count("slow-started kept") == 1  # resumed, not run again
         assert worker.count("connected to ") == 2
+    finally:
+        terminate_gently(worker)
+
+
+def test_a_cancel_sent_to_one_process_stops_the_run_a_worker_of_the_other_runs(site):
+    a, b = site
+    worker = start_cli_worker(a, "tests.worker_tasks.slow", limit=1)
+    try:
+        worker.wait_for("connected to ")
+        # 10 s: the worker abandons the sync call, but its thread runs on to its end, and
+        # the worker's exit waits for it.
+        run = create_run(a, "tests.worker_tasks.slow", "doomed", 10)
+        worker.wait_for("slow-started doomed")
+        wait_for_state(a, run["id"], "RUNNING")
+        status, asking = api(b, "POST", f"task_runs/{run['id']}/cancel")
+        assert status == 200, asking
+        assert asking["state"]["state_details"]["cancel_requested"] is True
+        done = wait_for_state(a, run["id"], timeout=15)
+        assert (done["state_type"], done["run_count"]) == ("CANCELLED", 1)
+        started, finished = (
+            datetime.fromisoformat(done[name]) for name in ("start_time", "end_time")
+        )
+        assert (finished - started).total_seconds() < 8  # cancelled, not run to its end
     finally:
         terminate_gently(worker)

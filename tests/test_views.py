@@ -373,8 +373,8 @@ async def test_retry_unknown_404_unfinished_409_malformed_400(client):
     response = await client.post(f"{RUNS}{created['id']}/retry", "", content_type="")
     assert response.status_code == 409
     assert response.json()["error"] == (
-        f"run {created['id']} is SCHEDULED, not finished: "
-        "only FAILED, CRASHED or CANCELLED runs can be retried"
+        f"run {created['id']} is SCHEDULED: only FAILED, CRASHED or CANCELLED runs can be "
+        "retried, and it has not finished yet; cancel it first to run it again"
     )
     response = await client.post(f"{RUNS}zzz/retry")
     assert response.status_code == 400
@@ -394,6 +394,76 @@ async def test_retry_into_a_full_retry_lane_is_503_and_changes_nothing(client):
     assert await record_count(pk=run_id, state_type="FAILED") == 1
     assert (await row("full"))["retry_size"] == 1
     assert (await take_now("full")).id == filler.id
+
+
+# -- POST /api/task_runs/<id>/cancel ---------------------------------------------------
+
+
+@db
+async def test_cancel_a_queued_run_then_409_once_it_is_cancelled(client):
+    created = (await post(client, RUNS, {"task_key": "c"})).json()
+    response = await client.post(f"{RUNS}{created['id']}/cancel", "", content_type="")
+    assert response.status_code == 200
+    assert (response.json()["state_type"], response.json()["state_name"]) == (
+        "CANCELLED",
+        "Cancelled",
+    )
+    assert await queued("c") == 0
+    assert await record_count(pk=created["id"], state_type="CANCELLED") == 1
+    again = await client.post(f"{RUNS}{created['id']}/cancel", "", content_type="")
+    assert again.status_code == 409
+    assert again.json()["error"] == (
+        f"run {created['id']} is CANCELLED: it has already finished, so there is nothing to cancel"
+    )
+
+
+@db
+async def test_cancel_a_running_run_answers_it_still_running_with_cancel_requested(client):
+    created = (await post(client, RUNS, {"task_key": "c"})).json()
+    queues = get_queues()
+    await queues.connect("conn", "w", ["c"])
+    heard: list[str] = []
+    queues.listen("conn", heard.append)
+    run = await claim("c", "conn")
+    await lifecycle.start("conn", run.id, "w")
+    body = (await client.post(f"{RUNS}{created['id']}/cancel", "", content_type="")).json()
+    assert (body["state_type"], body["state_name"]) == ("RUNNING", "Cancelling")
+    assert body["state"]["state_details"] == {"deferred": True, "cancel_requested": True}
+    assert [json.loads(notice)["type"] for notice in heard] == ["cancel"]
+
+
+@db
+async def test_cancel_unknown_404_malformed_400_and_get_405(client):
+    missing = uuid.uuid4()
+    response = await client.post(f"{RUNS}{missing}/cancel", "", content_type="")
+    assert (response.status_code, response.json()) == (
+        404,
+        {"error": f"no task run with id {missing}"},
+    )
+    assert (await client.post(f"{RUNS}nope/cancel")).status_code == 400
+    response = await client.get(f"{RUNS}{missing}/cancel")
+    assert (response.status_code, response["Allow"]) == (405, "POST")
+
+
+@db
+@pytest.mark.parametrize(
+    "path, hint",
+    [
+        ("/api/task_runs", " (this path ends with a slash)"),
+        (
+            f"/api/task_runs/{uuid.uuid4()}/",
+            " (the paths of runs and workers have no trailing slash)",
+        ),
+        ("/api/task_workers/filter/", " (the paths of runs and workers have no trailing slash)"),
+        ("/api/nothing-here", ""),
+    ],
+)
+async def test_every_other_path_under_the_api_answers_json_404(client, path, hint):
+    for method in (client.get, client.post):
+        response = await method(path)
+        assert response.status_code == 404
+        assert response["Content-Type"] == "application/json"
+        assert response.json() == {"error": f"no API endpoint at {path}{hint}; see the API docs"}
 
 
 # -- GET /api/task_queues/ and POST /api/task_workers/filter ------------------------------

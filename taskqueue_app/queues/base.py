@@ -8,6 +8,7 @@ their state: that is the lifecycle's job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -70,6 +71,7 @@ class Queues:
         params = params or {}
         self.location: str | None = params.get("LOCATION")
         self.options: dict[str, Any] = dict(params.get("OPTIONS") or {})
+        self._listeners: dict[str, Callable[[str], None]] = {}
 
     async def start(self) -> None:
         """Called once when a server process starts, before it restores anything. An engine
@@ -159,6 +161,26 @@ class Queues:
     async def connections(self) -> list[Connection]:
         """Every subscribed connection, with the runs each holds."""
         raise NotImplementedError
+
+    # -- notices to connections ------------------------------------------------------------------
+
+    def listen(self, holder: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback`` with every notice for ``holder``, a connection of this process."""
+        self._listeners[holder] = callback
+
+    def unlisten(self, holder: str) -> None:
+        """Stop passing notices to ``holder`` (its connection closed)."""
+        self._listeners.pop(holder, None)
+
+    async def notify(self, holder: str, message: str) -> None:
+        """Pass ``message`` (e.g. a cancel frame) to the connection ``holder``, in whichever
+        process serves it; nothing happens if no process does any more."""
+        self._hear(holder, message)
+
+    def _hear(self, holder: str, message: str) -> None:
+        callback = self._listeners.get(holder)
+        if callback is not None:
+            callback(message)
 
     # -- the site --------------------------------------------------------------------------------
 

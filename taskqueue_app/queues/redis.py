@@ -121,14 +121,19 @@ class RedisQueues(Queues):
             pubsub = self._client.pubsub()
             try:
                 await pubsub.psubscribe(channel + "*")
+                await pubsub.subscribe(self._key("notice"))
                 # Hints may have been missed while (re)subscribing: every waiter looks again.
                 self._wake_all()
                 async for message in pubsub.listen():
-                    if message.get("type") == "pmessage":
+                    kind = message.get("type")
+                    if kind == "pmessage":
                         for event in self._events.get(
                             _text(message["channel"])[len(channel) :], ()
                         ):
                             event.set()
+                    elif kind == "message":  # a notice: "<holder> <message>"
+                        holder, _, notice = _text(message["data"]).partition(" ")
+                        self._hear(holder, notice)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a dropped connection: subscribe again shortly
@@ -141,6 +146,11 @@ class RedisQueues(Queues):
         for events in self._events.values():
             for event in events:
                 event.set()
+
+    async def notify(self, holder: str, message: str) -> None:
+        # To every process (a cancel is rare): the one serving ``holder`` passes it on.
+        client = await self._ready()
+        await client.publish(self._key("notice"), f"{holder} {message}")
 
     # -- runs into lanes -------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Creating runs from another process: ``POST /api/task_runs/`` over a kept-alive connection."""
+"""The API from another process, over a kept-alive connection: ``POST /api/task_runs/`` to
+create a run, ``POST /api/task_runs/<id>/cancel`` to cancel one."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..errors import QueueFull
+from ..errors import AlreadyFinished, QueueFull
 from ..schemas import ValidationError
 
-__all__ = ["EnqueueError", "post_run"]
+__all__ = ["EnqueueError", "cancel_run", "post_run"]
 
 _local = threading.local()
 
@@ -25,7 +26,7 @@ class EnqueueError(Exception):
 
 
 def _connection(base: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    """This thread's kept-alive connection to ``base`` and the path of the create endpoint."""
+    """This thread's kept-alive connection to ``base`` and the API's base path."""
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EnqueueError(f"TASKQUEUE['SERVER_URL'] must be an http(s) URL, not {base!r}")
@@ -38,7 +39,7 @@ def _connection(base: str, timeout: float) -> tuple[http.client.HTTPConnection, 
             http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         )
         connection = connections[base] = kind(parts.hostname, parts.port, timeout=timeout)
-    return connection, parts.path.rstrip("/") + "/task_runs/"
+    return connection, parts.path.rstrip("/")
 
 
 def _drop(base: str) -> None:
@@ -47,21 +48,22 @@ def _drop(base: str) -> None:
         connection.close()
 
 
-def post_run(base: str, body: dict[str, Any], token: str | None, timeout: float) -> dict:
-    """Create a run at the server whose API base is ``base``; the created (or existing) run.
+def _post(
+    base: str, endpoint: str, body: dict[str, Any] | None, token: str | None, timeout: float
+) -> tuple[int, Any]:
+    """POST ``body`` as JSON to ``endpoint`` under the API ``base``: (status, decoded answer).
 
-    Raises ``QueueFull`` (503), ``ValidationError`` (400, 413) or ``EnqueueError``.
-    The body carries its own id and dynamic key, so resending it after a dropped kept-alive
-    connection cannot create a second run.
+    Sent again once over a fresh connection when a kept-alive one turns out dropped: every
+    POST of the API is safe to repeat (a create carries its own id and dynamic key).
     """
-    payload = json.dumps(body, separators=(",", ":")).encode()
+    payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     for attempt in (1, 2):
         connection, path = _connection(base, timeout)
         try:
-            connection.request("POST", path, payload, headers)
+            connection.request("POST", path + endpoint, payload, headers)
             response = connection.getresponse()
             text = response.read()
             if response.will_close:
@@ -78,15 +80,47 @@ def post_run(base: str, body: dict[str, Any], token: str | None, timeout: float)
         data = json.loads(text)
     except ValueError:
         data = {"error": text[:200].decode(errors="replace")}
-    status = response.status
+    return response.status, data
+
+
+def _message(status: int, data: Any) -> str:
+    message = data.get("error") if isinstance(data, dict) else None
+    return message or f"HTTP {status}"
+
+
+def _refused(status: int, data: Any) -> EnqueueError:
+    message = _message(status, data)
+    if status in (401, 403):
+        return EnqueueError(f"the task server refused the token (HTTP {status}): {message}", status)
+    return EnqueueError(f"the task server answered HTTP {status}: {message}", status)
+
+
+def post_run(base: str, body: dict[str, Any], token: str | None, timeout: float) -> dict:
+    """Create a run at the server whose API base is ``base``; the created (or existing) run.
+
+    Raises ``QueueFull`` (503), ``ValidationError`` (400, 413) or ``EnqueueError``.
+    """
+    status, data = _post(base, "/task_runs/", body, token, timeout)
     if status in (200, 201):
         return data
-    message = data.get("error") if isinstance(data, dict) else None
-    message = message or f"HTTP {status}"
     if status == 503:
-        raise QueueFull(message)
+        raise QueueFull(_message(status, data))
     if status in (400, 413):
-        raise ValidationError(message)
-    if status in (401, 403):
-        raise EnqueueError(f"the task server refused the token (HTTP {status}): {message}", status)
-    raise EnqueueError(f"the task server answered HTTP {status}: {message}", status)
+        raise ValidationError(_message(status, data))
+    raise _refused(status, data)
+
+
+def cancel_run(base: str, run_id: str, token: str | None, timeout: float) -> dict | None:
+    """Cancel a run at the server whose API base is ``base``: the run as it is now (CANCELLED,
+    or RUNNING until its worker confirms); None when the server has no such run.
+
+    Raises ``AlreadyFinished`` (409) or ``EnqueueError``.
+    """
+    status, data = _post(base, f"/task_runs/{run_id}/cancel", None, token, timeout)
+    if status == 200:
+        return data
+    if status == 404:
+        return None
+    if status == 409:
+        raise AlreadyFinished(_message(status, data))
+    raise _refused(status, data)
