@@ -46,6 +46,10 @@ class Lane:
         for level in self.levels:
             yield from self.fifos[-level]
 
+    def heads(self) -> Iterator[QueuedRun]:
+        """The first run of each priority: the oldest waiting run is one of them."""
+        return (fifo[0] for fifo in self.fifos.values() if fifo)
+
     def _fifo(self, priority: int) -> deque[QueuedRun]:
         fifo = self.fifos.get(priority)
         if fifo is None:

@@ -19,7 +19,7 @@ of the app but ``conf`` and ``lanes`` (its building block); the memory engine is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 from .conf import taskqueue_settings
@@ -326,6 +326,14 @@ class TaskQueue:
         return None
 
     # -- dashboards ------------------------------------------------------------------------------
+
+    @classmethod
+    def lane_heads(cls) -> Iterator[tuple[str, str, QueuedRun]]:
+        """(key, ``"scheduled"`` or ``"retry"``, run) for the first run of each priority."""
+        for key, queue in cls._task_queues.items():
+            for name, lane in (("scheduled", queue._scheduled), ("retry", queue._retry)):
+                for run in lane.heads():
+                    yield key, name, run
 
     @classmethod
     def snapshot(cls, also: Iterable[str] = ()) -> list[dict[str, Any]]:

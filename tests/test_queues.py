@@ -421,3 +421,50 @@ async def test_claims_cancelled_at_random_moments_around_the_hand_over_lose_noth
         left = [r.id for r in await drain(engine, ["k"])]
         taken = [] if waiting.cancelled() else [waiting.result().id]
         assert taken + left == [run.id], f"trial {trial}: lost or doubled: {taken} {left}"
+
+
+async def test_oldest_is_when_the_oldest_waiting_run_of_each_lane_became_due(engine):  # noqa: F811
+    old, young, urgent = make_run(), make_run(), make_run(priority=50)
+    old.created = now() - timedelta(seconds=30)
+    young.created = now() - timedelta(seconds=10)
+    urgent.created = now() - timedelta(seconds=1)
+    retried = make_run()
+    retried.expected_start_time = now() - timedelta(seconds=5)  # due 5 s ago, created long ago
+    retried.created = now() - timedelta(hours=1)
+    for run in (old, young, urgent):
+        await engine.enqueue(run)
+    await engine.enqueue(retried, RETRY)
+    await engine.enqueue(make_run("later", due_in=3600))  # deferred: not waiting in a lane
+    oldest = await engine.oldest()
+    assert set(oldest) == {("k", SCHEDULED), ("k", RETRY)}
+    # The high-priority run is served first, but the age is the oldest run's.
+    assert abs((oldest["k", SCHEDULED] - old.created).total_seconds()) < 0.01
+    assert abs((oldest["k", RETRY] - retried.expected_start_time).total_seconds()) < 0.01
+    await drain(engine, ["k"])
+    assert await engine.oldest() == {}
+
+
+async def test_a_notice_reaches_the_connection_it_is_for(engine):  # noqa: F811
+    await engine.connect("c1", "w", ["k"])
+    await engine.connect("c2", "w", ["k"])
+    heard: dict[str, list[str]] = {"c1": [], "c2": []}
+    arrived = asyncio.Event()
+
+    def hear(holder):
+        def callback(message):
+            heard[holder].append(message)
+            arrived.set()
+
+        return callback
+
+    engine.listen("c1", hear("c1"))
+    engine.listen("c2", hear("c2"))
+    await engine.notify("c1", '{"type":"cancel","id":"x"}')
+    await asyncio.wait_for(arrived.wait(), WAIT)
+    assert heard == {"c1": ['{"type":"cancel","id":"x"}'], "c2": []}
+    engine.unlisten("c1")
+    arrived.clear()
+    await engine.notify("c1", "gone")
+    await engine.notify("c2", "here")
+    await asyncio.wait_for(arrived.wait(), WAIT)  # notices arrive in order: c1's first
+    assert heard == {"c1": ['{"type":"cancel","id":"x"}'], "c2": ["here"]}

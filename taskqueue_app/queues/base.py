@@ -200,6 +200,11 @@ class Queues:
         """
         raise NotImplementedError
 
+    async def oldest(self) -> dict[tuple[str, str], datetime]:
+        """When the oldest run waiting in each lane became due (its ``expected_start_time``,
+        else its ``created``), by ``(task_key, lane)``; lanes with no run are left out."""
+        raise NotImplementedError
+
     async def mark_restored(self) -> bool:
         """True exactly once, for the caller that is to restore the recorded runs."""
         raise NotImplementedError

@@ -160,6 +160,14 @@ class MemoryQueues(Queues):
             row["deferred"] = deferred.get(key, 0)
         return rows
 
+    async def oldest(self) -> dict[tuple[str, str], datetime]:
+        result: dict[tuple[str, str], datetime] = {}
+        for key, lane, run in TaskQueue.lane_heads():
+            due = run.expected_start_time or run.created
+            if (key, lane) not in result or due < result[key, lane]:
+                result[key, lane] = due
+        return result
+
     async def mark_restored(self) -> bool:
         # The seed's own flag: one restore per process, which is per site for this engine.
         if TaskQueue._scheduled_tasks_already_restored:

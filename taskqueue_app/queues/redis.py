@@ -71,6 +71,7 @@ class RedisQueues(Queues):
         self._listener: asyncio.Task | None = None
         self._keeper: asyncio.Task | None = None
         self._events: dict[str, set[asyncio.Event]] = {}
+        self._subscribed = asyncio.Event()  # the listener hears wake-ups and notices
         self._touched: dict[str, float] = {}
 
     # -- the connection ---------------------------------------------------------------------------
@@ -87,7 +88,7 @@ class RedisQueues(Queues):
 
         if not self.location:
             raise ValueError('TASKQUEUE["QUEUES"]["LOCATION"] must name the Redis server')
-        self._loop, self._events = loop, {}
+        self._loop, self._events, self._subscribed = loop, {}, asyncio.Event()
         self._client = aioredis.from_url(self.location, decode_responses=False)
         self._scripts = {
             name: self._client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()
@@ -122,6 +123,7 @@ class RedisQueues(Queues):
             try:
                 await pubsub.psubscribe(channel + "*")
                 await pubsub.subscribe(self._key("notice"))
+                self._subscribed.set()
                 # Hints may have been missed while (re)subscribing: every waiter looks again.
                 self._wake_all()
                 async for message in pubsub.listen():
@@ -137,6 +139,7 @@ class RedisQueues(Queues):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a dropped connection: subscribe again shortly
+                self._subscribed.clear()
                 logger.warning("redis wake-up channel lost (%s); resubscribing", exc)
                 await asyncio.sleep(0.5)
             finally:
@@ -256,6 +259,13 @@ class RedisQueues(Queues):
 
     async def connect(self, holder: str, client_id: str, task_keys: list[str]) -> None:
         client = await self._ready()
+        # A connection every process sees must hear the notices sent to it (an operator's
+        # cancel): listening first. If Pub/Sub is down, connect anyway; wake-ups fall back
+        # to ``WAIT``.
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), self.wait)
+        except TimeoutError:
+            logger.warning("redis Pub/Sub is not listening; connecting %s anyway", holder)
         now = datetime.now(UTC).isoformat()
         record = {"client_id": client_id, "task_keys": list(dict.fromkeys(task_keys)), "since": now}
         async with client.pipeline(transaction=True) as pipe:
@@ -295,6 +305,9 @@ class RedisQueues(Queues):
 
     async def snapshot(self) -> list[dict[str, Any]]:
         return await redis_views.snapshot(self, await self._ready())
+
+    async def oldest(self) -> dict[tuple[str, str], datetime]:
+        return await redis_views.oldest(self, await self._ready())
 
     async def mark_restored(self) -> bool:
         client = await self._ready()

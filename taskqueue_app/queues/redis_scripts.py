@@ -308,6 +308,31 @@ redis.call('SREM', P .. ':procs', proc)
 return back
 """
 
+# ARGV[4..]: task keys. For each key, scheduled then retry: when the oldest waiting run became
+# due (the ISO time of its JSON), or "" for an empty lane. The oldest run of a lane is the first
+# of one of its priority levels (FIFO within a level), so the walk visits one run per level.
+OLDEST = """
+local out = {}
+for i = 4, #ARGV do
+  for _, lane in ipairs({'s', 'r'}) do
+    local zkey, best, start = P .. ':' .. lane .. ':' .. ARGV[i], '', '-inf'
+    for _ = 1, 402 do
+      local head = redis.call('ZRANGEBYSCORE', zkey, start, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      if #head == 0 then break end
+      local payload = redis.call('HGET', P .. ':runs', head[1])
+      if payload then
+        local run = cjson.decode(payload)
+        local due = run['expected_start_time'] or run['created'] or ''
+        if due ~= '' and (best == '' or due < best) then best = due end
+      end
+      start = '(' .. string.format('%.0f', (math.floor(tonumber(head[2]) / LEVEL) + 1) * LEVEL)
+    end
+    table.insert(out, best)
+  end
+end
+return out
+"""
+
 SCRIPTS = {
     "enqueue": ENQUEUE,
     "defer": DEFER,
@@ -321,4 +346,5 @@ SCRIPTS = {
     "reserve": RESERVE,
     "configure": CONFIGURE,
     "reap": REAP,
+    "oldest": OLDEST,
 }

@@ -12,7 +12,7 @@ from ..conf import taskqueue_settings
 from ..states import StateType
 from .base import Connection
 
-__all__ = ["connections", "snapshot", "text"]
+__all__ = ["connections", "oldest", "snapshot", "text"]
 
 
 def text(value: Any) -> str:
@@ -129,3 +129,18 @@ async def snapshot(engine: Any, client: Any) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+async def oldest(engine: Any, client: Any) -> dict[tuple[str, str], datetime]:
+    """``Queues.oldest``, site-wide: one script walks each lane's priority levels."""
+    keys = sorted(text(k) for k in await client.smembers(engine._key("keys")))
+    if not keys:
+        return {}
+    dues = await engine._run("oldest", *keys)
+    result = {}
+    for index, key in enumerate(keys):
+        for offset, lane in enumerate(("scheduled", "retry")):
+            due = text(dues[2 * index + offset])
+            if due:
+                result[key, lane] = _when(due)
+    return result
