@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from . import lifecycle, orphans, protocol
+from . import lifecycle, metrics, orphans, protocol
 from .errors import AlreadyFinished, Orphaned, error_type
 from .queues import RETRY, get_queues
 from .records import writer
@@ -95,6 +95,7 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
             await queues.unreserve(run.task_key, RETRY)
             raise
     await queues.admit(again, RETRY, reserved=True)
+    metrics.retried(again, "manual")
     return again
 
 

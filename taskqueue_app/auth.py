@@ -10,6 +10,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from . import metrics
 from .conf import taskqueue_settings
 
 
@@ -102,6 +103,7 @@ def token_auth(
     async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         error = await http_auth_error(request, permission)
         if error is not None:
+            metrics.rejected("unauthorized")
             return error
         return await view(request, *args, **kwargs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 import uuid
 import weakref
 from typing import Any
@@ -13,7 +14,7 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import auth, daphne_close, lifecycle, protocol, server
+from . import auth, daphne_close, lifecycle, metrics, protocol, server
 from .conf import taskqueue_settings
 from .protocol import ProtocolError, Subscription
 from .queues import Queues, get_queues
@@ -82,8 +83,8 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.conn_id = uuid.uuid4().hex  # the "holder" of the runs this connection claims
         self.phase = Phase.CONNECTING
         self.subscription: Subscription | None = None
-        # Ids of runs sent and not yet acked, oldest first (a dict is an ordered set).
-        self.unacked: dict[uuid.UUID, None] = {}
+        # Runs sent and not yet acked, oldest first, with when each was sent (monotonic).
+        self.unacked: dict[uuid.UUID, float] = {}
         # Runs in the worker's hands in any state (sent, acked, started), for ``limit``.
         self.holding: set[uuid.UUID] = set()
         # Reports to confirm with ``recorded`` once their writes are durable, and the task that
@@ -165,7 +166,11 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             if self.phase is Phase.SUBSCRIBED:
                 await self._on_message(message)
             elif self.phase is Phase.AUTH:
-                protocol.check_auth(message)
+                try:
+                    protocol.check_auth(message)
+                except ProtocolError:
+                    metrics.rejected("unauthorized")
+                    raise
                 self.phase = Phase.SUBSCRIBE
                 await self.send(text_data=protocol.AUTH_SUCCESS)
             else:
@@ -207,10 +212,14 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
             run_id = next(iter(self.unacked))
         elif run_id not in self.unacked:
             return  # not a run this connection is waiting on (acked already, or never sent)
-        del self.unacked[run_id]
+        sent_at = self.unacked.pop(run_id)
         assert self.subscription is not None
         watch = self.subscription.reports_outcomes
-        await lifecycle.acknowledge(self.conn_id, run_id, self.subscription.client_id, watch)
+        pending = await lifecycle.acknowledge(
+            self.conn_id, run_id, self.subscription.client_id, watch
+        )
+        if pending is not None:
+            metrics.acked(pending.task_key, sent_at)
         if not watch:
             self.holding.discard(run_id)  # handed over: no longer ours to count
         self._add_credits(1)
@@ -289,7 +298,7 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
                 # the socket dies before the send, closing the connection gives it back, first
                 # in line.
                 run = await queues.claim(self.conn_id, keys)
-                self.unacked[run.id] = None
+                self.unacked[run.id] = time.monotonic()
                 self.holding.add(run.id)
                 self.credits -= 1
                 await self.send(text_data=run.to_json())

@@ -16,6 +16,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from . import metrics
 from .attempts import begun, ended
 from .conf import taskqueue_settings
 from .errors import Crashed, UnstorableResult, error_type
@@ -23,7 +24,15 @@ from .models import TaskRunRecord
 from .queues import RETRY, SCHEDULED, QueueFull, get_queues
 from .records import aread, writer
 from .restoring import restore
-from .schemas import TaskRun, ValidationError, check_storable, now, run_from_request, storable_copy
+from .schemas import (
+    TaskRun,
+    TooLargeError,
+    ValidationError,
+    check_storable,
+    now,
+    run_from_request,
+    storable_copy,
+)
 from .states import CANCELLING, TERMINAL_STATES, StateType
 
 logger = logging.getLogger(__name__)
@@ -84,7 +93,14 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
     scheduled lane raises ``QueueFullError`` with nothing stored. Raises ``ValidationError``
     (``TooLargeError`` when the run's JSON would exceed ``MAX_MESSAGE_BYTES``).
     """
-    run = run_from_request(data, taskqueue_settings.MAX_MESSAGE_BYTES)
+    try:
+        run = run_from_request(data, taskqueue_settings.MAX_MESSAGE_BYTES)
+    except TooLargeError:
+        metrics.rejected("too_large")
+        raise
+    except ValidationError:
+        metrics.rejected("invalid")
+        raise
     queues = get_queues()
     # A run due now takes its slot before it is stored, so that a refused create stores nothing.
     reserved = run.expected_start_time is None or run.expected_start_time <= now()
@@ -95,6 +111,7 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
             existing = await _find_existing(run)
             if existing is not None:
                 return existing, False
+            metrics.rejected("queue_full", run.task_key)
             raise
     write = writer.submit(run)  # a future, not a task: nothing extra per create
     try:
@@ -118,6 +135,7 @@ async def _admit_created(stored: TaskRun, created: bool, key: str, reserved: boo
     queues = get_queues()
     if created:
         await queues.admit(stored, SCHEDULED, reserved=reserved)
+        metrics.enqueued(stored)
     elif reserved:
         await queues.unreserve(key)  # the run existed: it is queued already, or was
 
@@ -239,6 +257,7 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
     )
     await get_queues().hold(holder, running)
     writer.update(running, "run_count", "started", "worker", "attempts")
+    metrics.started(running)
     return running
 
 
@@ -261,6 +280,7 @@ async def complete(
         StateType.COMPLETED, "Completed", result=result, finished=stamp, attempts=attempts
     )
     writer.update(done, "result", "finished", "run_count", "started", "worker", "attempts")
+    metrics.finished(done)
     return done
 
 
@@ -282,9 +302,11 @@ async def _retry_or_finish(
         fields = ("error", "expected_start_time", "run_count", "started", "worker", "attempts")
         writer.update(later, *fields)
         await get_queues().admit(later, RETRY)
+        metrics.retried(later, state_type.lower())
         return later
     final = run.with_state(state_type, state_name, error=error, finished=stamp, attempts=attempts)
     writer.update(final, "error", "finished", "run_count", "started", "worker", "attempts")
+    metrics.finished(final)
     return final
 
 
@@ -319,6 +341,7 @@ def finish_cancelled(run: TaskRun, worker: str | None = None) -> TaskRun:
         attempts=ended(run, stamp, None, worker),
     )
     writer.update(done, "finished", "run_count", "started", "worker", "attempts")
+    metrics.finished(done)
     return done
 
 
@@ -345,7 +368,7 @@ async def disconnect(holder: str) -> None:
             back = run.with_state(StateType.SCHEDULED, "Scheduled")
             await queues.hold(holder, back)
             writer.update(back)
-    await queues.release(holder)
+    metrics.redelivered(await queues.release(holder))
     for run in crashed:
         await crash(run, CRASH_ERROR)
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 
-from . import lifecycle
+from . import lifecycle, metrics
 from .conf import taskqueue_settings
 from .models import TaskRunRecord
 from .queues import get_queues
@@ -95,7 +95,7 @@ async def give_back(run: TaskRun, error: dict) -> TaskRun:
     # Through the engine's own give-back, so that it goes first in line like any release.
     queues = get_queues()
     await queues.hold(SWEEPER, back)
-    await queues.release(SWEEPER)
+    metrics.redelivered(await queues.release(SWEEPER))
     return back
 
 

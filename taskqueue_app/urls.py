@@ -14,6 +14,7 @@ urlpatterns = [
     path("task_runs/<str:run_id>/cancel", views.task_run_cancel, name="task_run_cancel"),
     path("task_queues/", views.task_queues, name="task_queues"),
     path("task_workers/filter", views.task_workers_filter, name="task_workers_filter"),
+    path("metrics", views.metrics_view, name="metrics"),
     # Last: every other path under the API answers JSON, a near miss (a trailing slash) too.
     re_path(r"^(?P<path>.*)$", views.not_found),
 ]

@@ -30,7 +30,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import actions, lifecycle, server
+from . import actions, lifecycle, metrics, server
 from .auth import token_auth
 from .conf import taskqueue_settings
 from .schemas import TaskRun, TooLargeError, ValidationError, parse_uuid
@@ -164,7 +164,11 @@ def _busy(message: str, retry_after: int) -> HttpError:
 @api_view("POST")
 async def task_runs(request: HttpRequest) -> HttpResponse:
     """Create a run: 201 + run, or 200 + the run that has this (task_key, dynamic_key)."""
-    data = read_json(request, required=True)
+    try:
+        data = read_json(request, required=True)
+    except HttpError as exc:
+        metrics.rejected("too_large" if exc.status == 413 else "invalid")
+        raise
     try:
         # In the server's loop here; in a process that serves nothing (a WSGI site with the
         # Redis engine), in that process's producer loop.
@@ -253,6 +257,13 @@ async def not_found(request: HttpRequest, path: str = "") -> HttpResponse:
 async def task_queues(request: HttpRequest) -> HttpResponse:
     """Per key: lane sizes and limits, whether configured, and how many workers subscribe."""
     return json_response(await queue_rows())
+
+
+@api_view("GET", permission="taskqueue_app.view_queuedashboard")
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus' text exposition of the queues, the runs and the workers (DESIGN §12)."""
+    state = await server.acall(metrics.collect)
+    return HttpResponse(metrics.exposition(state), content_type=metrics.CONTENT_TYPE_LATEST)
 
 
 def _task_keys_filter(data: Any) -> list[str] | None:
