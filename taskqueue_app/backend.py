@@ -6,7 +6,10 @@ Where a run is created depends on where ``enqueue`` is called:
   directly;
 - in another thread of the server process (a sync view under Daphne): handed to the server's
   loop, since the queues are asyncio objects that only that loop may touch;
-- in another process (``manage.py shell``, a cron job): ``POST`` to ``TASKQUEUE["SERVER_URL"]``.
+- in another process (``manage.py shell``, a cron job, a WSGI site) on the memory engine: over
+  the producer stream to ``TASKQUEUE["SERVER_URL"]`` (one kept-open WebSocket per process,
+  ``worker.stream``), or one ``POST`` per run with ``OPTIONS["transport"] = "http"``; with the
+  Redis engine, ``lifecycle.create`` in the process itself.
 
 ``get_result`` reads the run the same three ways: from the server's loop, from the records (a
 process sharing the server's database), or with ``GET`` from ``SERVER_URL`` (a process that
@@ -44,6 +47,9 @@ from .tasks_compat import (
     task_enqueued,
 )
 from .worker.http import EnqueueError, cancel_run, post_run
+from .worker.stream import stream_for
+
+TRANSPORTS = ("websocket", "http")
 
 __all__ = ["STATUS_OF_STATE", "EnqueueError", "QueueTask", "TaskQueueBackend", "task_result"]
 
@@ -76,7 +82,9 @@ class TaskQueueBackend(BaseTaskBackend):
     """Django Tasks backend delivering runs to ``TaskWorker`` processes over WebSocket.
 
     ``OPTIONS``: ``retries`` and ``retry_delay_seconds`` (defaults of every task of this
-    backend; a ``QueueTask`` may set its own), ``timeout`` (seconds, for HTTP enqueues).
+    backend; a ``QueueTask`` may set its own), ``timeout`` (seconds, for enqueues from another
+    process), ``transport`` (how another process reaches the server: ``"websocket"``, the
+    producer stream, by default, or ``"http"``, one request per run).
     """
 
     task_class = QueueTask
@@ -90,6 +98,14 @@ class TaskQueueBackend(BaseTaskBackend):
         self.retries = self.options.get("retries", 0)
         self.retry_delay_seconds = self.options.get("retry_delay_seconds", 0)
         self.timeout = float(self.options.get("timeout", 10))
+        # How a process that is not the server reaches it: the producer stream (one kept-open
+        # WebSocket, creates pipelined) or one HTTP request per run.
+        self.transport = self.options.get("transport", "websocket")
+        if self.transport not in TRANSPORTS:
+            raise ImproperlyConfigured(
+                f"TASKS[{alias!r}]['OPTIONS']['transport'] must be one of "
+                f"{', '.join(TRANSPORTS)}, not {self.transport!r}"
+            )
         _check_policy(self.retries, self.retry_delay_seconds, f"TASKS[{alias!r}]['OPTIONS']")
 
     def validate_task(self, task: Task) -> None:
@@ -198,8 +214,10 @@ class TaskQueueBackend(BaseTaskBackend):
 
     def _post(self, body: dict[str, Any]) -> TaskRun:
         url = _server_url("enqueue")
-        data = post_run(url, body, taskqueue_settings.AUTH_TOKEN, self.timeout)
-        return TaskRun.from_dict(data)
+        token = taskqueue_settings.AUTH_TOKEN
+        if self.transport == "http":
+            return TaskRun.from_dict(post_run(url, body, token, self.timeout))
+        return TaskRun.from_dict(stream_for(url, token, self.timeout).create(body))
 
     # -- cancel -------------------------------------------------------------------------------
 

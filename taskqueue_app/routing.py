@@ -9,6 +9,7 @@ Origin header, and the token protects the route.
 from django.urls import path
 
 from .consumers import SubscriptionConsumer
+from .producers import ProducerConsumer
 
 websocket_urlpatterns = [
     path(
@@ -16,4 +17,6 @@ websocket_urlpatterns = [
         SubscriptionConsumer.as_asgi(),
         name="taskqueue-subscription",
     ),
+    # Producers outside the server: creates over one kept-open connection (producers.py).
+    path("api/task_runs/stream", ProducerConsumer.as_asgi(), name="taskqueue-producer-stream"),
 ]

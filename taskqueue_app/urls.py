@@ -8,6 +8,7 @@ app_name = "taskqueue_app"
 
 urlpatterns = [
     path("task_runs/", views.task_runs, name="task_runs"),
+    path("task_runs/batch", views.task_runs_batch, name="task_runs_batch"),
     # <str:...> rather than <uuid:...>: a malformed id gets a 400 that says so, not a bare 404.
     path("task_runs/<str:run_id>", views.task_run_detail, name="task_run_detail"),
     path("task_runs/<str:run_id>/retry", views.task_run_retry, name="task_run_retry"),

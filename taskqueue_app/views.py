@@ -20,6 +20,7 @@ Choices where DESIGN is silent:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -169,6 +170,51 @@ async def task_runs(request: HttpRequest) -> HttpResponse:
     except HttpError as exc:
         metrics.rejected("too_large" if exc.status == 413 else "invalid")
         raise
+    run, status = await create_run(data)
+    return _run_response(run, status)
+
+
+BATCH_MAX = 1000
+
+
+@api_view("POST")
+async def task_runs_batch(request: HttpRequest) -> HttpResponse:
+    """Create many runs in one request: a JSON list of runs in, one answer per run out, in
+    order: ``{"status": 201 or 200, "run": ...}`` or ``{"status": 4xx/503, "error": ...}``.
+
+    The runs are created together (one group commit), each on its own: a refused run does not
+    refuse the others, and the request as a whole answers 200.
+    """
+    try:
+        data = read_json(request, required=True)
+    except HttpError as exc:
+        metrics.rejected("too_large" if exc.status == 413 else "invalid")
+        raise
+    if not isinstance(data, list) or not data:
+        raise HttpError(400, "the request body must be a non-empty JSON list of runs")
+    if len(data) > BATCH_MAX:
+        raise HttpError(413, f"a batch holds at most {BATCH_MAX} runs, not {len(data)}")
+    answers = await asyncio.gather(*(create_answer(item) for item in data))
+    return HttpResponse("[" + ",".join(answers) + "]", status=200, content_type=JSON_TYPE)
+
+
+async def create_answer(data: Any, head: str = "") -> str:
+    """One create's answer as a JSON object, ``{"status", "run"}`` or ``{"status", "error"}``,
+    for a batch or the producer stream; ``head`` is JSON members to put first (``"ref":1,``)."""
+    try:
+        run, status = await create_run(data)
+    except HttpError as exc:
+        refusal = {"status": exc.status, "error": exc.message}
+        if "Retry-After" in exc.headers:
+            refusal["retry_after"] = int(exc.headers["Retry-After"])
+        return f"{{{head}{json.dumps(refusal, separators=(',', ':'))[1:]}"
+    return f'{{{head}"status":{status},"run":{run.to_json()}}}'
+
+
+async def create_run(data: Any) -> tuple[TaskRun, int]:
+    """Create a run from a producer's JSON: (run, 201) or (the existing run, 200); raises
+    ``HttpError`` (400, 409, 413, 503) with what is wrong. The HTTP API and the producer
+    stream answer alike."""
     try:
         # In the server's loop here; in a process that serves nothing (a WSGI site with the
         # Redis engine), in that process's producer loop.
@@ -188,7 +234,7 @@ async def task_runs(request: HttpRequest) -> HttpResponse:
             f"id {run.id} belongs to another run "
             f"(task_key {run.task_key!r}, dynamic_key {run.dynamic_key!r})",
         )
-    return _run_response(run, 201 if created else 200)
+    return run, 201 if created else 200
 
 
 def _other_run(existing: TaskRun, data: dict) -> bool:

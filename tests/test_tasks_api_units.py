@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import django
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.db import OperationalError
 from django.test import override_settings
@@ -335,3 +336,10 @@ def test_the_repair_leaves_other_methods_to_twisted():
     reduce = copyreg.dispatch_table[types.MethodType]
     assert reduce(Holder().method)[0] is styles.unpickleMethod  # an instance's: Twisted's
     assert reduce(Holder.make) == (getattr, (Holder, "make"))  # a class's: Python's own
+
+
+def test_the_transport_option_is_the_producer_stream_by_default_or_http():
+    assert TaskQueueBackend("default", {"OPTIONS": {}}).transport == "websocket"
+    assert TaskQueueBackend("b", {"OPTIONS": {"transport": "http"}}).transport == "http"
+    with pytest.raises(ImproperlyConfigured, match=r"\['OPTIONS'\]\['transport'\] must be one of"):
+        TaskQueueBackend("b", {"OPTIONS": {"transport": "carrier-pigeon"}})

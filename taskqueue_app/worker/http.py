@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from ..errors import AlreadyFinished, QueueFull
 from ..schemas import ValidationError
 
-__all__ = ["EnqueueError", "cancel_run", "post_run"]
+__all__ = ["EnqueueError", "cancel_run", "post_run", "run_or_raise"]
 
 _local = threading.local()
 
@@ -101,6 +101,12 @@ def post_run(base: str, body: dict[str, Any], token: str | None, timeout: float)
     Raises ``QueueFull`` (503), ``ValidationError`` (400, 413) or ``EnqueueError``.
     """
     status, data = _post(base, "/task_runs/", body, token, timeout)
+    return run_or_raise(status, data)
+
+
+def run_or_raise(status: int, data: Any) -> dict:
+    """The run of a create's answer (``status`` 200 or 201), or the error it means: ``QueueFull``
+    (503), ``ValidationError`` (400, 413) or ``EnqueueError``."""
     if status in (200, 201):
         return data
     if status == 503:
