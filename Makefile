@@ -30,8 +30,15 @@ install: $(BIN)/.installed
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
-run: migrate
-	$(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
+# The admin's address comes first, before the install and migrate steps print theirs. collectstatic
+# fills STATIC_ROOT, which the project serves from when run with DJANGO_DEBUG=0.
+run:
+	@echo "The admin will be at http://$(HOST):$(PORT)/admin/" \
+		"(create a user with $(BIN)/python manage.py createsuperuser)"
+	@echo "Workers: TASKQUEUE_SERVER_URL=http://$(HOST):$(PORT)/api $(BIN)/python manage.py taskworker"
+	@$(MAKE) --no-print-directory migrate
+	$(BIN)/python manage.py collectstatic --noinput -v 0
+	TASKQUEUE_SERVER_URL=http://$(HOST):$(PORT)/api $(BIN)/daphne -b $(HOST) -p $(PORT) project.asgi:application
 
 # Two server processes and a Redis of their own, on ports PORT and PORT+1; Ctrl-C stops all.
 run-redis: install

@@ -1,9 +1,12 @@
 """Settings of the example project that serves taskqueue_app with Daphne.
 
 Environment variables let tests and deployments run the same project against another database
-file or with a token: ``TASKQUEUE_DB``, ``TASKQUEUE_AUTH_TOKEN``, ``TASKQUEUE_ORPHAN_TIMEOUT``,
-``DJANGO_DEBUG``; ``TASKQUEUE_REDIS_URL`` (and ``_PREFIX``, ``_HEARTBEAT``, ``_ALIVE_TTL``) choose
-the Redis engine.
+file or with a token: ``TASKQUEUE_DB``, ``TASKQUEUE_AUTH_TOKEN``, ``TASKQUEUE_SERVER_URL``,
+``TASKQUEUE_ORPHAN_TIMEOUT``; ``TASKQUEUE_REDIS_URL`` (and ``_PREFIX``, ``_HEARTBEAT``,
+``_ALIVE_TTL``) choose the Redis engine. ``DJANGO_DEBUG=0`` runs in production mode (static files
+from ``STATIC_ROOT`` through WhiteNoise, after ``collectstatic``), with ``DJANGO_SECRET_KEY``,
+``DJANGO_ALLOWED_HOSTS`` (comma-separated, added to the loopback names) and
+``DJANGO_STATIC_ROOT``.
 """
 
 import os
@@ -16,7 +19,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-example-project-only")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "testserver"]
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", "testserver"] + [
+    host.strip() for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(",") if host.strip()
+]
 
 INSTALLED_APPS = [
     "daphne",  # first, so that runserver is Daphne's ASGI server
@@ -42,6 +47,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+if not DEBUG:
+    # With DEBUG off, WhiteNoise serves the files `collectstatic` put in STATIC_ROOT (the admin's,
+    # the dashboard's), so the admin is styled under plain Daphne too. It is sync-only middleware:
+    # Django adapts it under ASGI. In DEBUG, asgi.py serves them from the apps' folders instead.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "project.urls"
 ASGI_APPLICATION = "project.asgi.application"
@@ -114,6 +124,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
+# Where `collectstatic` (which `make run` runs) gathers them: gitignored, with the rest of build/.
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "build" / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGGING = {
