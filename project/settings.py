@@ -91,6 +91,28 @@ DATABASES = {
         },
     }
 }
+# TASKQUEUE_DATABASE=postgres: PostgreSQL instead (docs/postgresql.md), the server named by
+# TASKQUEUE_PG_NAME, _HOST (a socket's directory or a host name), _PORT, _USER, _PASSWORD; empty
+# ones are libpq's (PGHOST, ...). `make test-postgres` sets it alone: the tests start a server of
+# their own and fill in the rest (tests/conftest.py). A process given a SQLite file of its own
+# (TASKQUEUE_DB: the tests' Daphne subprocesses) keeps that file.
+if os.environ.get("TASKQUEUE_DATABASE") == "postgres" and not os.environ.get("TASKQUEUE_DB"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("TASKQUEUE_PG_NAME", "taskqueue"),
+            "HOST": os.environ.get("TASKQUEUE_PG_HOST", ""),
+            "PORT": os.environ.get("TASKQUEUE_PG_PORT", ""),
+            "USER": os.environ.get("TASKQUEUE_PG_USER", ""),
+            "PASSWORD": os.environ.get("TASKQUEUE_PG_PASSWORD", ""),
+            # Under ASGI, Django's persistent connections are per thread and outlive nothing
+            # useful: a connection per request, checked before reuse where one is kept.
+            "CONN_MAX_AGE": 0,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    }
+    # Named, not derived: a live-server test's forked child derives it from NAME once more.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}"}
 
 TASKQUEUE = {
     "AUTH_TOKEN": os.environ.get("TASKQUEUE_AUTH_TOKEN") or None,
@@ -128,9 +150,30 @@ STATIC_URL = "static/"
 STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "build" / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# One handler, on the root logger: every record is printed once, by it. A handler of a logger of
+# its own as well (on "taskqueue_app", say) would print each line twice wherever the root has one
+# too, as it does under Daphne (which calls logging.basicConfig before loading the project) and in
+# `python -m taskqueue_app.worker`. Django's own "django" logger keeps only its mail to ADMINS.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"taskqueue_app": {"handlers": ["console"], "level": "INFO"}},
+    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"require_debug_false": {"()": "django.utils.log.RequireDebugFalse"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "line"},
+        "mail_admins": {
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+            "class": "django.utils.log.AdminEmailHandler",
+        },
+    },
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {
+        "django": {"handlers": ["mail_admins"], "level": "INFO"},
+        # The worker logs one line per run itself. The Tasks framework's own lines would repeat
+        # it: a start and an end line per run, and a traceback for every failed attempt, even one
+        # that is retried.
+        "django.tasks": {"level": "CRITICAL"},
+        "django_tasks": {"level": "CRITICAL"},
+    },
 }

@@ -89,13 +89,23 @@ def serve(worker: TaskWorker) -> int:
     return 0
 
 
-def configure_logging(level: str) -> None:
-    """One line per event on stderr, with a timestamp."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str | None = None) -> None:
+    """One line per event on stderr, with a timestamp, each printed once.
+
+    A handler is added (on the root logger) only where none would print the worker's lines yet:
+    a Django project's ``LOGGING`` may have put one on the root or on ``taskqueue_app``, and a
+    second handler on the way would print every line twice. ``level`` (INFO when not given) is
+    the app's loggers' level; without one, a level the project's ``LOGGING`` set is kept.
+    """
+    number = getattr(logging, (level or "INFO").upper(), logging.INFO)
+    app = logging.getLogger("taskqueue_app")
+    if level is not None or app.level == logging.NOTSET:
+        app.setLevel(number)
+    if not logging.getLogger("taskqueue_app.worker.client").hasHandlers():
+        logging.basicConfig(level=number, format=LOG_FORMAT, stream=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,7 +127,9 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument("--limit", type=int, default=10, help="runs at once (default 10)")
     cli.add_argument("--client-id", help="this worker's name (default: host-pid-random)")
-    cli.add_argument("--log-level", default="INFO", help="default INFO")
+    cli.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING... (default INFO, or the project's LOGGING)"
+    )
     cli.add_argument("paths", nargs="+", metavar="dotted.path", help="functions or Tasks to serve")
     return cli
 
@@ -126,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     cli = parser()
     args = cli.parse_args(argv)
-    configure_logging(args.log_level)
     if not args.url:
         cli.error("--url is required (or set TASKQUEUE_SERVER_URL)")
     if args.limit < 1:
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("DJANGO_SETTINGS_MODULE"):
         import django
 
-        django.setup()
+        django.setup()  # its LOGGING first: our handler only where it leaves none
+    configure_logging(args.log_level)
     try:
         tasks = build_tasks(args.paths)
         worker = make_worker(

@@ -36,6 +36,12 @@ def _message(kind: str, run_id: str) -> str:
     return f'{{"type":"{kind}","id":{json.dumps(run_id)}}}'
 
 
+def _one_line(text: str, limit: int = 500) -> str:
+    """``text`` fit for one log line: line breaks shown as ``\\n``, at most ``limit`` chars."""
+    flat = text.replace("\r", "\\r").replace("\n", "\\n")
+    return flat if len(flat) <= limit else f"{flat[: limit - 1]}…"
+
+
 class RunBook(TaskCalls):
     """The run side of ``TaskWorker``: runs waiting for a slot, waiting for the server's go,
     running, and finished with a report the server has not confirmed yet."""
@@ -208,16 +214,34 @@ class RunBook(TaskCalls):
         else:
             kind = "failed"
             message = json.dumps({"type": "failed", "id": run_id, "error": error})
-            logger.info(
-                "run %s %s failed in %.1f ms: %s: %s",
-                key,
-                run_id,
-                elapsed_ms,
-                error["type"],
-                error["message"],
-            )
+            self._log_failure(run, elapsed_ms, error, started=bool(started))
         self.completed += 1
         await self._report_again(run_id, kind, message)
+
+    def _log_failure(
+        self, run: dict[str, Any], elapsed_ms: float, error: dict[str, Any], started: bool
+    ) -> None:
+        """One line for an attempt the server will retry; for a final failure, that line with
+        the task's traceback under it (the record keeps every attempt's traceback anyway)."""
+        run_id, key = str(run["id"]), run["task_key"]
+        policy = run.get("empirical_policy") or {}
+        retries = int(policy.get("retries") or 0)
+        # The server's rule (lifecycle): retried while the attempts so far, counting this one
+        # once it has started, are no more than the retries allowed.
+        delivered = int(run.get("run_count") or 0)
+        attempt = delivered + 1 if started else max(delivered, 1)
+        what = f"{error['type']}: {_one_line(str(error['message']))}"
+        head = f"run {key} {run_id} failed in {elapsed_ms:.1f} ms: {what}"
+        if attempt <= retries:
+            delay = float(policy.get("retry_delay_seconds") or 0)
+            logger.warning("%s; retry %d of %d in %g s", head, attempt, retries, delay)
+            return
+        if retries:
+            head += f"; no retries left ({retries} used)"
+        trace = (error.get("traceback") or "").rstrip()
+        if trace:
+            head += "\n" + trace
+        logger.error("%s", head)
 
     async def _report_cancelled(self, run_id: str) -> None:
         await self._report_again(run_id, "cancelled", _message("cancelled", run_id))
