@@ -17,7 +17,7 @@ VENVP ?= .venv-prefect
 PREFECT ?= prefect==3.9.1
 PYTEST_ARGS ?=
 
-.PHONY: install run run-redis migrate test test-django6 test-prefect lint format bench wheel clean print-python312
+.PHONY: install run run-redis migrate test test-postgres test-django6 test-prefect lint format bench wheel clean print-python312
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ run-redis: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The whole suite on PostgreSQL: the tests start a throwaway server of their own (initdb into a
+# temporary directory, a unix socket there); it skips, or fails under CI, without PostgreSQL.
+test-postgres: install
+	TASKQUEUE_DATABASE=postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(VENV6)/bin/.installed: requirements.txt pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "no Python 3.12 interpreter found"; exit 1; }

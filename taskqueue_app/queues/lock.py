@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,24 @@ class ServerLock:
         return handle
 
     def _lock_postgresql(self, connection: Any) -> Any:
+        """The engine starts in the server's event loop, where Django refuses database I/O: the
+        lock is taken in a thread of its own (a connect and one query, once per process)."""
+        outcome: dict[str, Any] = {}
+
+        def lock() -> None:
+            try:
+                outcome["held"] = self._lock_postgresql_now(connection)
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=lock, name="taskqueue-server-lock")
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["held"]
+
+    def _lock_postgresql_now(self, connection: Any) -> Any:
         # A connection of its own, kept open: the lock lives exactly as long as it does.
         own = connection.get_new_connection(connection.get_connection_params())
         own.autocommit = True
