@@ -10,7 +10,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 
 from .models import TaskRunRecord
 from .schemas import TaskRun, now
@@ -127,7 +134,9 @@ class RecordWriter:
         loop = asyncio.get_running_loop()
         for run, future in creates:
             try:
-                (result,) = await loop.run_in_executor(self._executor, _commit, [run], {})
+                (result,) = await loop.run_in_executor(
+                    self._executor, _commit_safely, [run], {}, True
+                )
             except Exception as exc:  # the database refused this one: its producer hears why
                 if not future.done():
                     future.set_exception(exc)
@@ -138,7 +147,7 @@ class RecordWriter:
         given_up: set[uuid.UUID] = set()
         for run_id, values in updates.items():
             try:
-                await loop.run_in_executor(self._executor, _commit, [], {run_id: values})
+                await loop.run_in_executor(self._executor, _commit_safely, [], {run_id: values})
                 self._attempts.pop(run_id, None)
             except Exception:
                 failed = True
@@ -166,7 +175,7 @@ class RecordWriter:
             runs = [run for run, _ in creates]
             self._batches += 1
             try:
-                results = await loop.run_in_executor(self._executor, _commit, runs, updates)
+                results = await loop.run_in_executor(self._executor, _commit_safely, runs, updates)
             except Exception:
                 logger.exception("could not write a batch of run records; writing them one by one")
                 given_up = await self._commit_apart(creates, updates)
@@ -191,19 +200,65 @@ class RecordWriter:
                 future.set_result(None)
 
 
+def _commit_safely(
+    creates: list[TaskRun], updates: dict[uuid.UUID, dict[str, Any]], again: bool = False
+) -> list[tuple[TaskRun, bool]]:
+    """``_commit`` on a working connection. The writer's thread is no request: Django never
+    checks its connection, so one that broke (a database restart, a killed session, an idle
+    connection cut) is closed here and the batch is written once more on a new one.
+
+    ``again``: the batch may have landed already (an earlier attempt failed, perhaps after its
+    commit): its own records found in the database then count as created, not as duplicates.
+    """
+    connection = connections[router.db_for_write(TaskRunRecord)]
+    before = connection.connection
+    try:
+        return _commit(creates, updates, again)
+    except (OperationalError, InterfaceError):
+        if not _close_if_broken(connection, before):
+            raise  # the connection works: the database refused the write (a lock, say)
+    logger.warning("the records database connection broke; writing the batch on a new one")
+    return _commit(creates, updates, True)
+
+
+def _close_if_broken(connection: Any, before: Any) -> bool:
+    """True if the connection the failed attempt used (``before``) broke; closed then, so that
+    the next query opens a new one. Django drops a connection whose rollback failed by itself
+    (and may have opened the next one already)."""
+    current = connection.connection
+    if current is None or (before is not None and current is not before):
+        return True
+    if connection.is_usable():
+        return False
+    connection.close()
+    return True
+
+
 def _commit(
-    creates: list[TaskRun], updates: dict[uuid.UUID, dict[str, Any]]
+    creates: list[TaskRun], updates: dict[uuid.UUID, dict[str, Any]], again: bool = False
 ) -> list[tuple[TaskRun, bool]]:
     """One transaction: the new records (minus those that exist), then the state changes."""
     with transaction.atomic():
-        results = _insert(creates) if creates else []
+        results = _insert(creates, again) if creates else []
         if updates:
             _write_updates(updates)
     return results
 
 
-def _insert(creates: list[TaskRun]) -> list[tuple[TaskRun, bool]]:
-    """Insert the batch; where a run's (task_key, dynamic_key) or id exists, answer that run."""
+def _is_this_write(known: TaskRun, run: TaskRun) -> bool:
+    """The record is ``run`` itself, committed by an attempt whose answer was lost: same id,
+    key and creation time (the server stamps each new run with its own microsecond)."""
+    return (known.id, known.task_key, known.dynamic_key, known.created) == (
+        run.id,
+        run.task_key,
+        run.dynamic_key,
+        run.created,
+    )
+
+
+def _insert(creates: list[TaskRun], again: bool = False) -> list[tuple[TaskRun, bool]]:
+    """Insert the batch; where a run's (task_key, dynamic_key) or id exists, answer that run
+    (with ``again``: unless the record is this very write, landed by an earlier attempt)."""
     try:
         # Optimistic: server-made ids and dynamic keys never collide, so the common case is one
         # INSERT with no lookup. The savepoint undoes only this statement if one does collide.
@@ -224,7 +279,8 @@ def _insert(creates: list[TaskRun]) -> list[tuple[TaskRun, bool]]:
     for run in creates:
         known = by_key.get((run.task_key, run.dynamic_key)) or by_id.get(run.id)
         if known is not None:
-            results.append((known, False))
+            mine = again and known is not run and _is_this_write(known, run)
+            results.append((run, True) if mine else (known, False))
             continue
         by_key[(run.task_key, run.dynamic_key)] = by_id[run.id] = run
         new.append(TaskRunRecord(**run.record_fields()))
