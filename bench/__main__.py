@@ -15,7 +15,17 @@ from bench import common, summary
 
 # One module per stage, ``bench/<name>.py``, exposing ``run(quick: bool) -> dict`` and optionally
 # ``report(result: dict) -> str`` (Markdown). A stage whose module does not exist yet is skipped.
-STAGES = ["queue_core", "http_enqueue", "consumer", "end_to_end", "scale_out", "idle", "memory"]
+STAGES = [
+    "queue_core",
+    "http_enqueue",
+    "consumer",
+    "end_to_end",
+    "producers",
+    "scale_out",
+    "idle",
+    "memory",
+    "costs",
+]
 
 
 def _load(name: str) -> ModuleType | None:

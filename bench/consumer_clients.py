@@ -80,10 +80,12 @@ class WsProducer:
 
 
 class Workers:
-    """``count`` subscribed connections on one key that ack every run as it arrives."""
+    """``count`` subscribed connections on one key (or a list of keys) that ack every run as
+    it arrives."""
 
-    def __init__(self, port: int, key: str, count: int, prefetch: int) -> None:
-        self.port, self.key, self.count, self.prefetch = port, key, count, prefetch
+    def __init__(self, port: int, key: str | list[str], count: int, prefetch: int) -> None:
+        self.port, self.count, self.prefetch = port, count, prefetch
+        self.keys = [key] if isinstance(key, str) else list(key)
         self.received: dict[str, float] = {}
         self.expected = 0
         self.all_in = asyncio.Event()
@@ -104,7 +106,7 @@ class Workers:
                 json.dumps(
                     {
                         "type": "subscribe",
-                        "keys": [self.key],
+                        "keys": self.keys,
                         "client_id": f"bench-{index}",
                         "prefetch": self.prefetch,
                     }

@@ -41,7 +41,7 @@ def _config(quick: bool) -> dict[str, Any]:
     }
 
 
-def _producer(env: dict[str, str], *args: str) -> subprocess.Popen:
+def producer_process(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "bench.peers.ours_producer", *args],
         cwd=common.ROOT,
@@ -52,15 +52,15 @@ def _producer(env: dict[str, str], *args: str) -> subprocess.Popen:
     )
 
 
-def _paced(env: dict[str, str], count: int, rate: float) -> list[str]:
-    process = _producer(env, "paced", str(count), str(rate))
+def paced_producer(env: dict[str, str], count: int, rate: float) -> list[str]:
+    process = producer_process(env, "paced", str(count), str(rate))
     out, _ = process.communicate(timeout=600)
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _burst(env: dict[str, str], count: int, producers: int) -> tuple[float, list[str]]:
+def burst_producers(env: dict[str, str], count: int, producers: int) -> tuple[float, list[str]]:
     shares = [count // producers + (i < count % producers) for i in range(producers)]
-    processes = [_producer(env, "burst", str(share)) for share in shares]
+    processes = [producer_process(env, "burst", str(share)) for share in shares]
     for process in processes:
         assert process.stdout.readline().strip() == "ready"
     started = time.time()
@@ -111,15 +111,15 @@ def measure_ours_on_redis(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
                 "DJANGO_SETTINGS_MODULE": "bench.peers.ours_settings",
                 "TASKQUEUE_SERVER_URL": "",
             }
-            records.collect(_paced(producer_env, config["warmup"], 500))
+            records.collect(paced_producer(producer_env, config["warmup"], 500))
             latencies, _ = records.collect(
-                _paced(producer_env, config["paced_runs"], config["paced_rate"])
+                paced_producer(producer_env, config["paced_runs"], config["paced_rate"])
             )
             pids = [s.process.pid for s in servers]
             repeats = []
             for _ in range(config["repeats"]):
                 before = (phases.cpu_seconds(pids), phases.cpu_seconds([redis.pid]))
-                started, ids = _burst(producer_env, config["runs"], config["producers"])
+                started, ids = burst_producers(producer_env, config["runs"], config["producers"])
                 records.wait(ids)
                 after = (phases.cpu_seconds(pids), phases.cpu_seconds([redis.pid]))
                 burst_latencies, finished = records.collect(ids)

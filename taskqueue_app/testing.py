@@ -54,6 +54,25 @@ def end_process(
         return process.wait()
 
 
+# The ASGI servers a ``DaphneServer`` can run the application under: module and its arguments.
+SERVERS = {
+    "daphne": lambda port: ["daphne", "-b", "127.0.0.1", "-p", str(port)],
+    # uvicorn[standard]: httptools and the websockets library, the ASGI lifespan on.
+    "uvicorn": lambda port: [
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--lifespan",
+        "on",
+        "--ws",
+        "websockets",
+        "--no-access-log",
+    ],  # fmt: skip
+}
+
+
 class DaphneServer:
     """Runs ``daphne`` with a project's ASGI application in a subprocess, on a free loopback port.
 
@@ -76,8 +95,12 @@ class DaphneServer:
         env: dict[str, str] | None = None,
         port: int | None = None,
         cwd: str | os.PathLike | None = None,
+        server: str = "daphne",
     ) -> None:
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {', '.join(SERVERS)}, not {server!r}")
         self.application = application
+        self.server = server
         self.settings = settings or os.environ.get("DJANGO_SETTINGS_MODULE", "")
         self.database_env = database_env
         self.server_url_env = server_url_env
@@ -134,16 +157,7 @@ class DaphneServer:
             self.migrate()
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                self.application,
-            ],
+            [sys.executable, "-m", *SERVERS[self.server](self.port), self.application],
             env=self.environ(),
             cwd=self.cwd,
             stdout=log,
@@ -151,7 +165,7 @@ class DaphneServer:
         )
         log.close()
         try:
-            wait_for_port(self.port, self.process, "daphne", timeout)
+            wait_for_port(self.port, self.process, self.server, timeout)
         except (RuntimeError, TimeoutError) as exc:
             self.kill()
             raise type(exc)(f"{exc}:\n{self.log()}") from None

@@ -30,8 +30,9 @@ COLLECT_TIMEOUT_S = 300
 RECORDS = "taskqueue_app_taskrunrecord"
 
 
-def server(tmp: Path, name: str = "ours"):
-    """A ``ProjectServer`` (not started) of the benchmark's project, on its own database file."""
+def server(tmp: Path, name: str = "ours", asgi_server: str = "daphne"):
+    """A ``ProjectServer`` (not started) of the benchmark's project, on its own database file,
+    under ``asgi_server`` (Daphne, or Uvicorn)."""
     from project.servers import ProjectServer
 
     return ProjectServer(
@@ -39,6 +40,7 @@ def server(tmp: Path, name: str = "ours"):
         database=tmp / f"{name}.sqlite3",
         env={"DJANGO_DEBUG": "0"},
         cwd=ROOT,
+        server=asgi_server,
     )
 
 

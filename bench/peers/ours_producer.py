@@ -1,5 +1,7 @@
-"""A producer process of the scale-out stage: ``task.enqueue()`` straight into Redis and the
-database, no server in this process and no HTTP (``python -m bench.peers.ours_producer``).
+"""A producer process of the scale_out and producers stages (``python -m
+bench.peers.ours_producer``): ``task.enqueue()`` with no server in this process, straight into
+Redis and the database (the Redis engine), or to the server's producer stream or its HTTP API
+(the memory engine, ``TASKQUEUE_SERVER_URL`` set; ``BENCH_TRANSPORT`` picks).
 
 ``paced COUNT RATE``: enqueue COUNT runs at RATE per second, print their ids (one JSON line).
 ``burst COUNT``: connect, print ``ready``, wait for ``go`` on stdin, enqueue COUNT runs as fast as
@@ -23,7 +25,16 @@ def main() -> None:
     from taskqueue_app.queues import get_queues
 
     task = QueueTask(func=noop)
-    server.call(get_queues().snapshot)  # connected before the clock starts
+    # Connected before the clock starts: to Redis, or to the server's producer stream.
+    if get_queues().shared:
+        server.call(get_queues().snapshot)
+    elif task.get_backend().transport == "websocket":
+        from taskqueue_app.conf import taskqueue_settings
+        from taskqueue_app.worker.stream import stream_for
+
+        backend = task.get_backend()
+        url, token = taskqueue_settings.SERVER_URL, taskqueue_settings.AUTH_TOKEN
+        stream_for(url, token, backend.timeout).open()
     mode, count = sys.argv[1], int(sys.argv[2])
     if mode == "paced":
         rate, ids = float(sys.argv[3]), []

@@ -100,6 +100,12 @@ class ProducerStream:
             raise self._no_answer(body) from None
         return run_or_raise(status, data)
 
+    def open(self) -> None:
+        """Connect now rather than at the first create (a producer about to send a burst)."""
+        asyncio.run_coroutine_threadsafe(self._connection(), self._running_loop()).result(
+            self.timeout
+        )
+
     def _no_answer(self, body: dict[str, Any]) -> EnqueueError:
         return EnqueueError(
             f"the task server did not answer within {self.timeout} s; run {body.get('id')} "
