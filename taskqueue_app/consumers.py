@@ -10,15 +10,12 @@ import uuid
 import weakref
 from typing import Any
 
-from channels.consumer import get_handler_name
-from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncWebsocketConsumer
-
 from . import auth, daphne_close, lifecycle, metrics, protocol, server
 from .conf import taskqueue_settings
 from .protocol import ProtocolError, Subscription
 from .queues import Queues, get_queues
 from .records import writer
+from .sockets import DirectWebsocketConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +72,7 @@ async def close_all_subscriptions() -> int:
     return len(consumers)
 
 
-class SubscriptionConsumer(AsyncWebsocketConsumer):
+class SubscriptionConsumer(DirectWebsocketConsumer):
     """One worker connection: auth, subscribe, then runs out and acks/outcomes in."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -98,34 +95,11 @@ class SubscriptionConsumer(AsyncWebsocketConsumer):
         self.handshake_timer: asyncio.TimerHandle | None = None
         self.queues: Queues = get_queues()
 
-    # -- Channels plumbing --------------------------------------------------------------------
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        # Channels' loop wraps every receive in a new task and an asyncio.wait so that it can
-        # also listen to a channel layer; this consumer uses none, so it reads its socket's
-        # messages directly: the same dispatch, a fraction of the cost per ack.
-        self.scope = scope
-        self.channel_layer = None
-        self.base_send = send
-        try:
-            while True:
-                await self.dispatch(await receive())
-        except StopConsumer:
-            pass
-        finally:
-            # Normally the disconnect handler has cleaned up; this covers a consumer cancelled
-            # or crashed mid-way, so that its runs never stay held by a dead connection.
-            if self.phase is not Phase.CLOSED:
-                await self._end(give_back=not self.restarting)
-
-    async def dispatch(self, message: dict) -> None:
-        # Channels' dispatch closes old DB connections in a thread before every message: one
-        # thread hop per ack. The consumer touches the database only through lifecycle's async
-        # ORM calls, so it calls the handler directly (the disconnect handler still cleans up).
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+    async def finished(self) -> None:
+        # Normally the disconnect handler has cleaned up; this covers a consumer cancelled or
+        # crashed mid-way, so that its runs never stay held by a dead connection.
+        if self.phase is not Phase.CLOSED:
+            await self._end(give_back=not self.restarting)
 
     # -- the protocol -------------------------------------------------------------------------
 

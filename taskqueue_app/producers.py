@@ -23,11 +23,10 @@ import json
 import logging
 from typing import Any
 
-from channels.generic.websocket import AsyncWebsocketConsumer
-
 from . import metrics, protocol
 from .conf import taskqueue_settings
 from .protocol import ProtocolError
+from .sockets import DirectWebsocketConsumer
 from .views import create_answer
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ IN_FLIGHT = 512
 ENVELOPE_BYTES = 1024
 
 
-class ProducerConsumer(AsyncWebsocketConsumer):
+class ProducerConsumer(DirectWebsocketConsumer):
     """One producer connection: authenticate, then create runs and answer each."""
 
     async def connect(self) -> None:
