@@ -115,6 +115,10 @@ class TaskRun:
     run_after: datetime | None = None
     # One entry per attempt a worker started: worker, started, finished, error (see attempts.py).
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # The JSON form, made once: the answer to a create and the frame sent to a worker are the
+    # same text. A run is never changed in place once encoded (``with_state`` makes a copy,
+    # which starts without it).
+    _json: str | None = field(default=None, init=False, repr=False)
 
     @property
     def is_retry(self) -> bool:
@@ -184,7 +188,10 @@ class TaskRun:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        """The JSON form (``to_dict``), compact; encoded once per run object."""
+        if self._json is None:
+            self._json = json.dumps(self.to_dict(), separators=(",", ":"))
+        return self._json
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRun:
@@ -240,7 +247,7 @@ class TaskRun:
         return values
 
 
-RECORD_FIELDS = tuple(name for name in TaskRun.__dataclass_fields__)
+RECORD_FIELDS = tuple(name for name in TaskRun.__dataclass_fields__ if name != "_json")
 
 
 # -- producer input ----------------------------------------------------------------------------
