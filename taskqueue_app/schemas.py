@@ -81,7 +81,10 @@ def parse_datetime(value: Any, name: str) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-05:00 is past the last date Python can hold
+        raise ValidationError(f"{name} is out of range: {value!r}") from None
 
 
 @dataclass(slots=True, eq=False)
@@ -259,9 +262,15 @@ def _require_object(value: Any, name: str) -> dict:
     return value
 
 
+# The largest integer every database stores in an integer column (PostgreSQL's ``integer``).
+INT_MAX = 2**31 - 1
+
+
 def _non_negative_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValidationError(f"{name} must be a non-negative integer")
+    if value > INT_MAX:
+        raise ValidationError(f"{name} must be at most {INT_MAX}, not {value}")
     return value
 
 

@@ -121,6 +121,18 @@ def test_with_state_is_a_stamped_copy():
         ({"task_key": "k", "empirical_policy": {"retries": 1.5}}, "empirical_policy.retries"),
         ({"task_key": "k", "empirical_policy": {"retries": True}}, "empirical_policy.retries"),
         (
+            {"task_key": "k", "empirical_policy": {"retries": 3_000_000_000}},
+            "empirical_policy.retries must be at most 2147483647, not 3000000000",
+        ),
+        (
+            {"task_key": "k", "expected_start_time": "9999-12-31T23:59:59-05:00"},
+            "expected_start_time is out of range: '9999-12-31T23:59:59-05:00'",
+        ),
+        (
+            {"task_key": "k", "expected_start_time": "0001-01-01T00:00:00+05:00"},
+            "expected_start_time is out of range",
+        ),
+        (
             {"task_key": "k", "empirical_policy": {"retry_delay_seconds": -1}},
             "empirical_policy.retry_delay_seconds must be a non-negative number",
         ),
