@@ -20,7 +20,7 @@ from django.db import (
 )
 
 from .models import TaskRunRecord
-from .schemas import TaskRun, now
+from .schemas import RECORD_FIELDS, TaskRun, now
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _insert(creates: list[TaskRun], again: bool = False) -> list[tuple[TaskRun, 
         # Optimistic: server-made ids and dynamic keys never collide, so the common case is one
         # INSERT with no lookup. The savepoint undoes only this statement if one does collide.
         with transaction.atomic():
-            TaskRunRecord.objects.bulk_create([TaskRunRecord(**r.record_fields()) for r in creates])
+            _insert_rows(creates)
         return [(run, True) for run in creates]
     except IntegrityError:
         pass
@@ -287,6 +287,26 @@ def _insert(creates: list[TaskRun], again: bool = False) -> list[tuple[TaskRun, 
         results.append((run, True))
     TaskRunRecord.objects.bulk_create(new)
     return results
+
+
+def _insert_rows(runs: list[TaskRun]) -> None:
+    """One ``executemany`` INSERT of the runs' records: ``bulk_create`` builds model instances
+    and compiles its SQL for every batch, which costs a third of a one-run batch's time here.
+    Values are prepared by the model's fields, as the ORM would send them."""
+    connection = connections[router.db_for_write(TaskRunRecord)]
+    meta, quote = TaskRunRecord._meta, connection.ops.quote_name
+    fields = [meta.get_field(name) for name in RECORD_FIELDS]
+    columns = ", ".join(quote(field.column) for field in fields)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    rows = []
+    for run in runs:
+        values = run.record_fields()
+        rows.append([field.get_db_prep_save(values[field.name], connection) for field in fields])
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def _write_updates(updates: dict[uuid.UUID, dict[str, Any]]) -> None:
