@@ -201,18 +201,22 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
     async def _outcome(self, kind: str, run_id: uuid.UUID, message: dict[str, Any]) -> None:
         """Step 5: started / completed / failed, for a run of this or an earlier connection."""
         assert self.subscription is not None
-        if run_id in self.unacked:
-            # An outcome before the ack implies the ack: the slot is free again.
-            del self.unacked[run_id]
+        # An outcome before the ack implies the ack (our worker starts a run it can run at
+        # once with ``started`` alone): the slot is free again.
+        sent_at = self.unacked.pop(run_id, None)
+        if sent_at is not None:
             self._add_credits(1)
         client_id = self.subscription.client_id
         if kind == "started":
-            if await lifecycle.start(self.conn_id, run_id, client_id) is None:
+            running = await lifecycle.start(self.conn_id, run_id, client_id)
+            if running is None:
                 # Finished already, or another live worker has it: this one must not run it.
                 self.holding.discard(run_id)
                 self._add_credits(0)
                 await self.send(text_data=protocol.cancel(run_id))
                 return
+            if sent_at is not None:
+                metrics.acked(running.task_key, sent_at)
             self.holding.add(run_id)  # a run resumed after a reconnect counts here too
         else:
             if kind == "completed":

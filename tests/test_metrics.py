@@ -160,14 +160,19 @@ async def test_refused_creates_are_counted_by_reason():
 @pytest.mark.usefixtures("serving")
 async def test_the_delivery_to_ack_time_is_observed_per_key():
     before = await scrape()
-    run = await make("acked")
-    comm = await subscriber(application, ["acked"], "w1", reports_outcomes=True)
-    assert (await comm.receive_json_from(WAIT))["id"] == str(run.id)
+    run, other = await make("acked"), await make("acked")
+    comm = await subscriber(application, ["acked"], "w1", reports_outcomes=True, prefetch=2)
+    assert {(await comm.receive_json_from(WAIT))["id"] for _ in range(2)} == {
+        str(run.id),
+        str(other.id),
+    }
     await comm.send_json_to({"type": "ack", "id": str(run.id)})
     await comm.send_json_to({"type": "started", "id": str(run.id)})
     assert (await comm.receive_json_from(WAIT))["of"] == "started"  # the ack is handled first
+    await comm.send_json_to({"type": "started", "id": str(other.id)})  # acks it too
+    assert (await comm.receive_json_from(WAIT))["of"] == "started"
     after = await scrape()
-    assert delta(before, after, "taskqueue_delivery_ack_seconds_count", key="acked") == 1
+    assert delta(before, after, "taskqueue_delivery_ack_seconds_count", key="acked") == 2
     await comm.disconnect()
 
 
