@@ -1,89 +1,32 @@
-"""The read-only admin: the live queue dashboard and the list of run records."""
+"""The admin: the live queue dashboard and the run records, read-only but for the run history's
+operator actions (``admin_actions``)."""
 
 from __future__ import annotations
 
 import json
-from functools import wraps
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.utils import display_for_value
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.http import (
-    HttpRequest,
-    HttpResponse,
-    HttpResponseBadRequest,
-    HttpResponseNotAllowed,
-    JsonResponse,
-)
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from . import dashboard
-from .auth import SESSION_METHODS
-from .models import QueueDashboard, TaskRunRecord
+from .admin_actions import OperatorActions, ReadOnlyAdmin, safe_only
+from .models import QueueDashboard, StateType, TaskRunRecord
 
-
-def _safe_only(view):
-    """Refuse anything but GET and HEAD with 405: every admin page of this app only reads."""
-
-    @wraps(view)
-    def wrapper(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if request.method not in SESSION_METHODS:
-            return HttpResponseNotAllowed(sorted(SESSION_METHODS))
-        return view(self, request, *args, **kwargs)
-
-    return wrapper
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """No add, change or delete, no actions, no POST: a view permission is all there is."""
-
-    actions = None
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @_safe_only
-    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
-        """The list page, GET only."""
-        return super().changelist_view(request, extra_context)
-
-    @_safe_only
-    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        """The (read-only) detail page, GET only."""
-        return super().changeform_view(request, *args, **kwargs)
-
-    @_safe_only
-    def delete_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        """Refused: with no delete permission Django answers 403, and POST gets 405 here."""
-        return super().delete_view(request, *args, **kwargs)
-
-    @_safe_only
-    def history_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        """The history page, GET only."""
-        return super().history_view(request, *args, **kwargs)
+# Characters of a worker's id shown in the run list (the whole id is its title).
+WORKER_CHARS = 16
 
 
 # -- the dashboard ------------------------------------------------------------------------------
-
-# Column headers: (label, sort name or None, the direction a first click sorts in).
-COLUMNS = (
-    ("Task key", "key", ""),
-    ("Scheduled", "scheduled", "-"),
-    ("Retry", "retry", "-"),
-    ("Fill", "fill", "-"),
-    ("Bounds", None, ""),
-    ("Workers", "workers", "-"),
-    ("Held", None, ""),
-)
 
 
 @admin.register(QueueDashboard)
@@ -103,22 +46,7 @@ class QueueDashboardAdmin(ReadOnlyAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
 
-    def _headers(self, query: dashboard.Query) -> list[dict[str, Any]]:
-        headers = []
-        current = query.o.lstrip("-")
-        for label, sort, first in COLUMNS:
-            header: dict[str, Any] = {"label": label, "sort": sort, "url": None, "sorted": ""}
-            if sort is not None:
-                if sort == current:
-                    header["sorted"] = "descending" if query.o.startswith("-") else "ascending"
-                    flipped = sort if query.o.startswith("-") else f"-{sort}"
-                    header["url"] = query.params(o=flipped, p=1)
-                else:
-                    header["url"] = query.params(o=f"{first}{sort}", p=1)
-            headers.append(header)
-        return headers
-
-    @_safe_only
+    @safe_only
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         """The dashboard page: one row per key, totals, workers; refreshed by its script."""
         self._check(request)
@@ -130,7 +58,6 @@ class QueueDashboardAdmin(ReadOnlyAdmin):
             data = dashboard.build(query)
         except dashboard.LoopUnavailable as exc:
             return HttpResponse(str(exc), status=503, content_type="text/plain")
-        page = data["page"]
         context = {
             **self.admin_site.each_context(request),
             "title": "Queue dashboard",
@@ -140,19 +67,16 @@ class QueueDashboardAdmin(ReadOnlyAdmin):
             "has_view_permission": True,
             "data": data,
             "query": query,
-            "headers": self._headers(query),
+            "headers": dashboard.headers(query),
             "data_url": reverse(f"{self.admin_site.name}:taskqueue_app_queuedashboard_data")
             + query.params(),
-            "previous_url": query.params(p=page["number"] - 1) if page["number"] > 1 else None,
-            "next_url": (
-                query.params(p=page["number"] + 1) if page["number"] < page["num_pages"] else None
-            ),
+            **dashboard.page_links(query, data["page"]),
             **(extra_context or {}),
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/taskqueue_app/dashboard.html", context)
 
-    @_safe_only
+    @safe_only
     def data_view(self, request: HttpRequest) -> HttpResponse:
         """The same numbers as JSON, polled by the page every second."""
         self._check(request)
@@ -208,10 +132,15 @@ def _pretty(value: Any) -> str:
     )
 
 
+def _summary(error: dict) -> str:
+    """``Type: message`` of a recorded error."""
+    return f"{error.get('type') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+
+
 def _attempt_error(error: Any) -> str:
     if not isinstance(error, dict):
         return "-"
-    summary = f"{error.get('type') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+    summary = _summary(error)
     if not error.get("traceback"):
         return summary
     return format_html(
@@ -221,21 +150,34 @@ def _attempt_error(error: Any) -> str:
     )
 
 
-@admin.register(TaskRunRecord)
-class TaskRunRecordAdmin(ReadOnlyAdmin):
-    """The run history: newest first, filter by state and key, search by id, name and key."""
+def _when(value: datetime | None) -> str:
+    """A time in the list: the clock alone today, the day and the minute before; in full (as
+    the run's page writes it) in its title."""
+    if value is None:
+        return "-"
+    local = timezone.localtime(value)
+    short = formats.date_format(
+        local, "H:i:s" if local.date() == timezone.localdate() else "M j, H:i"
+    )
+    full = display_for_value(value, "-")
+    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(), full, short)
 
+
+@admin.register(TaskRunRecord)
+class TaskRunRecordAdmin(OperatorActions, ReadOnlyAdmin):
+    """The run history: newest first, filter by state and key, search by id, name and key; the
+    operator actions for staff with the permission."""
+
+    # Narrow columns, so that the list fits beside the admin's sidebars on a 1400 px screen (the
+    # name, by default the key's last part, is on the run's page and found by the search).
     list_display = (
         "short_id",
-        "name",
-        "task_key",
-        "state_type",
-        "state_name",
-        "run_count",
-        "retries",
-        "worker",
-        "created",
-        "finished",
+        "key",
+        "state",
+        "runs",
+        "worker_id",
+        "created_at",
+        "finished_at",
     )
     list_display_links = ("short_id",)
     list_filter = ("state_type", TaskKeyFilter)
@@ -244,30 +186,24 @@ class TaskRunRecordAdmin(ReadOnlyAdmin):
     list_per_page = 100
     # The unfiltered count would be a second COUNT(*) over every record on each page.
     show_full_result_count = False
+    change_form_template = "admin/taskqueue_app/run_change_form.html"
     fieldsets = (
         ("Run", {"fields": ("id", "name", "task_key", "dynamic_key", "worker")}),
         (
             "State",
-            {
-                "fields": (
-                    "state_type",
-                    "state_name",
-                    "state_timestamp",
-                    "run_count",
-                    "retries",
-                    "retry_delay_seconds",
-                )
-            },
+            {"fields": ("state", "state_timestamp", "run_count", "retries", "retry_delay_seconds")},
         ),
         (
             "Timestamps",
-            {"fields": ("created", "updated", "expected_start_time", "started", "finished")},
+            {"fields": ("created", "updated", "expected_start", "started", "finished")},
         ),
         ("Tasks framework", {"fields": ("queue_name", "backend", "priority", "run_after")}),
         ("Attempts", {"fields": ("attempts_table",)}),
         ("Data", {"fields": ("parameters_json", "result_json", "error_summary", "traceback")}),
     )
     readonly_fields = (
+        "state",
+        "expected_start",
         "parameters_json",
         "result_json",
         "error_summary",
@@ -286,6 +222,66 @@ class TaskRunRecordAdmin(ReadOnlyAdmin):
         """The first block of the UUID: enough to tell runs apart in a list."""
         return str(obj.id).split("-")[0]
 
+    @admin.display(description="task key", ordering="task_key")
+    def key(self, obj: TaskRunRecord) -> str:
+        """The task key, which a narrow column may break after its dots only."""
+        dot = mark_safe(".<wbr>")  # a constant: the parts between are escaped
+        return format_html_join(dot, "{}", ((part,) for part in obj.task_key.split(".")))
+
+    @admin.display(description="state", ordering="state_type")
+    def state(self, obj: TaskRunRecord) -> str:
+        """The state once: its type ("Running"), and its name only where that says more
+        ("Running (Cancelling)", "Scheduled (AwaitingRetry)")."""
+        try:
+            label = StateType(obj.state_type).label
+        except ValueError:
+            label = obj.state_type
+        css = f"tq-state tq-state-{str(obj.state_type).lower()}"
+        if not obj.state_name or obj.state_name.lower() == label.lower():
+            return format_html('<span class="{}">{}</span>', css, label)
+        return format_html(
+            '<span class="{}">{} <span class="tq-state-name">({})</span></span>',
+            css,
+            label,
+            obj.state_name,
+        )
+
+    @admin.display(description="worker", ordering="worker")
+    def worker_id(self, obj: TaskRunRecord) -> str:
+        """The worker's client id, cut short (whole in its title): an id of host, pid and a
+        random part would otherwise make the column wider than the rest of the row."""
+        worker = obj.worker
+        if not worker:
+            return "-"
+        short = worker
+        if len(worker) > WORKER_CHARS:
+            # Cut the middle: the default id ends in the pid and a random part that tell two
+            # workers on one host apart.
+            head = (WORKER_CHARS - 1) // 2
+            short = f"{worker[:head]}…{worker[head + 1 - WORKER_CHARS :]}"
+        return format_html('<span class="tq-worker" title="{}">{}</span>', worker, short)
+
+    @admin.display(description="runs", ordering="run_count")
+    def runs(self, obj: TaskRunRecord) -> str:
+        """Deliveries that reached a worker; the retries allowed in its title."""
+        return format_html('<span title="{} retries allowed">{}</span>', obj.retries, obj.run_count)
+
+    @admin.display(description="created", ordering="created")
+    def created_at(self, obj: TaskRunRecord) -> str:
+        """When the run was created, short."""
+        return _when(obj.created)
+
+    @admin.display(description="finished", ordering="finished")
+    def finished_at(self, obj: TaskRunRecord) -> str:
+        """When the run finished, short."""
+        return _when(obj.finished)
+
+    @admin.display(description="expected start time")
+    def expected_start(self, obj: TaskRunRecord) -> str:
+        """When the run is due, as the API says it: its creation unless deferred (written as
+        the admin writes the other times: a computed field's value is otherwise ``str()``)."""
+        return display_for_value(obj.expected_start_time or obj.created, "-")
+
     @admin.display(description="parameters")
     def parameters_json(self, obj: TaskRunRecord) -> str:
         """Parameters as indented JSON."""
@@ -302,9 +298,7 @@ class TaskRunRecordAdmin(ReadOnlyAdmin):
         error = obj.error
         if not error:
             return "-"
-        if not isinstance(error, dict):
-            return str(error)
-        return f"{error.get('type') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+        return _summary(error) if isinstance(error, dict) else str(error)
 
     @admin.display(description="attempts")
     def attempts_table(self, obj: TaskRunRecord) -> str:

@@ -1,4 +1,5 @@
-"""The admin dashboard's data: per-key queue numbers and workers, read safely from the server loop.
+"""The admin dashboard's data: per-key queue numbers and workers, read safely from the server loop,
+and this process's counters of runs enqueued and finished (the page's chart differences them).
 
 The queue engine lives in the ASGI server's event loop and is not thread-safe, while admin views
 are sync views that Daphne runs in a worker thread. So ``read_state()`` hops into that loop
@@ -8,6 +9,8 @@ filtering, pagination and totals then work on that copy.
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +18,7 @@ from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
 
-from . import server
+from . import metrics, server
 from .schemas import isoformat, now
 from .workers import queue_rows, workers
 
@@ -27,9 +30,16 @@ SORTS = {
     "scheduled": lambda row: row["scheduled_size"],
     "retry": lambda row: row["retry_size"],
     "fill": lambda row: row["fill"],
+    "deferred": lambda row: row["deferred"],
+    "backlog": lambda row: row["backlog"],
+    "waiting": lambda row: row["waiting"],
+    "running": lambda row: row["running"],
     "workers": lambda row: row["workers"],
 }
 SORT_CHOICES = tuple(name for sort in SORTS for name in (sort, f"-{sort}"))
+# Which process's counters a poll read: the chart starts its differences again when the page's
+# polls land on another server process (each counts only its own runs) or a restarted one.
+PROCESS = uuid.uuid4().hex[:12]
 
 
 class QueryError(ValueError):
@@ -56,6 +66,12 @@ async def collect() -> dict[str, list[dict[str, Any]]]:
         row["scheduled_fill"] = _fill(row["scheduled_size"], row["scheduled_limit"])
         row["retry_fill"] = _fill(row["retry_size"], row["retry_limit"])
         row["fill"] = max(row["scheduled_fill"], row["retry_fill"])
+        # Held runs are either running or waiting in a worker's hands (sent or acked, not
+        # started yet): a busy worker shows the second grow.
+        row["waiting"] = max(0, row["held"] - row["running"])
+        # Runs ready to go and nobody to take them: the first thing an operator must see.
+        queued = row["scheduled_size"] + row["retry_size"] + row["backlog"]
+        row["unserved"] = queued > 0 and row["workers"] == 0
         queues.append(row)
     return {"queues": queues, "workers": await workers()}
 
@@ -104,10 +120,68 @@ class Query:
         return f"?{encoded}" if encoded else ""
 
 
+# Column headers: (label, sort name or None, the direction a first click sorts in, what it
+# counts, shown as the header's title).
+COLUMNS = (
+    ("Task key", "key", "", ""),
+    ("Scheduled", "scheduled", "-", "Runs waiting in the scheduled queue, of its bound"),
+    ("Retry", "retry", "-", "Runs waiting in the retry queue (served first), of its bound"),
+    ("Fill", "fill", "-", "The fuller of the two queues"),
+    ("Deferred", "deferred", "-", "Runs held back until their start time"),
+    ("Backlog", "backlog", "-", "Accepted runs waiting for room in a full queue"),
+    ("In a worker", "waiting", "-", "Runs sent to a worker that has not started them yet"),
+    ("Running", "running", "-", "Runs a worker is running now"),
+    ("Workers", "workers", "-", "Worker connections subscribed to the key"),
+    ("Bounds", None, "", "Queue bounds set for this key, or the defaults"),
+)
+
+
+def headers(query: Query) -> list[dict[str, Any]]:
+    """The table's column headers for ``query``: labels, titles, sort links and which is sorted."""
+    result = []
+    current = query.o.lstrip("-")
+    for label, sort, first, title in COLUMNS:
+        header: dict[str, Any] = {"label": label, "sort": sort, "url": None, "sorted": ""}
+        header["title"] = title
+        if sort is not None:
+            if sort == current:
+                header["sorted"] = "descending" if query.o.startswith("-") else "ascending"
+                flipped = sort if query.o.startswith("-") else f"-{sort}"
+                header["url"] = query.params(o=flipped, p=1)
+            else:
+                header["url"] = query.params(o=f"{first}{sort}", p=1)
+        result.append(header)
+    return result
+
+
+def page_links(query: Query, page: dict[str, int]) -> dict[str, str | None]:
+    """The query strings of the previous and the next page of keys, where there is one."""
+    number = page["number"]
+    return {
+        "previous_url": query.params(p=number - 1) if number > 1 else None,
+        "next_url": query.params(p=number + 1) if number < page["num_pages"] else None,
+    }
+
+
+# The per-key counts the totals add up, over every key (not only the page's).
+TOTALLED = (
+    "scheduled_size",
+    "scheduled_limit",
+    "retry_size",
+    "retry_limit",
+    "deferred",
+    "backlog",
+    "held",
+    "waiting",
+    "running",
+    "unserved",
+)
+
+
 def _totals(queues: list[dict[str, Any]], workers: list[dict[str, Any]]) -> dict[str, int]:
     totals = {"keys": len(queues)}
-    for name in ("scheduled_size", "scheduled_limit", "retry_size", "retry_limit", "held"):
-        totals[name] = sum(row[name] for row in queues)
+    for name in TOTALLED:
+        totals[name] = sum(int(row[name]) for row in queues)
     totals["workers"] = len(workers)
     totals["connections"] = sum(worker["connections"] for worker in workers)
     return totals
@@ -123,14 +197,23 @@ def decorate(row: dict[str, Any]) -> dict[str, Any]:
     """A queue row with the percentages its bars are drawn with (template and script alike)."""
     return {
         **row,
+        # Where a narrow column may break the key: after its dots only.
+        "key_parts": row["task_key"].split("."),
         "scheduled_pct": _percent(row["scheduled_fill"]),
         "retry_pct": _percent(row["retry_fill"]),
         "fill_pct": round(row["fill"] * 100),
     }
 
 
+def counters() -> dict[str, Any]:
+    """This process's runs enqueued and finished so far, when read, and which process read them:
+    the page's chart takes the difference of two polls over their time apart."""
+    return {"time": time.time(), "process": PROCESS, **metrics.site_totals()}
+
+
 def build(query: Query, state: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """The dashboard document for ``query``: one page of keys, totals over all keys, workers."""
+    """The dashboard document for ``query``: one page of keys, totals over all keys, workers,
+    and the counters of the chart."""
     state = read_state() if state is None else state
     queues, workers = state["queues"], state["workers"]
     needle = query.q.lower()
@@ -161,4 +244,5 @@ def build(query: Query, state: dict[str, list[dict[str, Any]]] | None = None) ->
         "totals": _totals(queues, state["workers"]),
         "queues": [decorate(row) for row in page.object_list],
         "workers": [_worker_row(worker) for worker in workers],
+        "counters": counters(),
     }

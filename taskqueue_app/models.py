@@ -45,6 +45,9 @@ class TaskRunRecord(models.Model):
     class Meta:
         verbose_name = "task run"
         verbose_name_plural = "task runs"
+        # The admin's operator actions (DESIGN §9): apart from viewing, so that seeing the history
+        # does not let anyone requeue or stop runs.
+        permissions = [("operate_taskrunrecord", "Can retry, cancel and give back task runs")]
         constraints = [
             models.UniqueConstraint(
                 fields=["task_key", "dynamic_key"], name="taskqueue_unique_dynamic_key"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import uuid
 from datetime import timedelta
@@ -11,8 +12,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.contrib.auth.models import Permission
 from django.urls import NoReverseMatch, reverse
+from django.utils import formats, timezone
 
-from taskqueue_app import dashboard, server
+from taskqueue_app import dashboard, metrics, server
 from taskqueue_app.admin import TaskKeyFilter
 from taskqueue_app.models import StateType, TaskRunRecord
 from taskqueue_app.queues import RETRY, SCHEDULED, get_queues
@@ -184,7 +186,12 @@ def test_json_numbers_equal_the_snapshot_and_the_connections(admin_client, queue
         "scheduled_limit": 1050,
         "retry_size": 1,
         "retry_limit": 110,
+        "deferred": 0,
+        "backlog": 0,
         "held": 1,
+        "waiting": 1,  # claimed, not started
+        "running": 0,
+        "unserved": 0,
         "workers": 1,
         "connections": 2,
     }
@@ -209,7 +216,7 @@ def test_page_shows_the_same_numbers(admin_client, queues):
     assert '<span class="tq-count">1 / 1000</span>' in html
     assert "<strong>configured</strong>" in html
     assert '<tr data-worker="worker-a">' in html
-    assert 'data-total="held">1<' in html
+    assert 'data-total="waiting">1<' in html and 'data-total="running">0<' in html
     assert 'data-total="connections">2<' in html
     # Native admin page: breadcrumbs, the admin's stylesheet, no asset from elsewhere.
     assert '<div class="breadcrumbs">' in html
@@ -250,6 +257,78 @@ def test_same_numbers_as_the_task_queues_api(admin_client, queues):
     page_rows = [{f: row[f] for f in fields} for row in admin_client.get(DATA).json()["queues"]]
     assert api_rows == seeded
     assert page_rows == seeded
+
+
+async def seed_every_place() -> None:
+    """A run in every place a run can be: queued, deferred, backlogged, in a worker's hands
+    (sent, not started), running; and a key with queued runs that no worker serves."""
+    engine = get_queues()
+    await engine.configure("emails.send", scheduled_size=1)
+    await engine.connect("conn-1", "worker-a", ["emails.send"])
+    for _ in range(3):
+        await engine.admit(make_run("emails.send"), SCHEDULED)  # 1 in the lane, 2 in the backlog
+    later = make_run("emails.send")
+    later.expected_start_time = now() + timedelta(hours=1)
+    await engine.admit(later, SCHEDULED)
+    sent = await engine.claim("conn-1", ["emails.send"])  # the backlog moves one run in
+    running = await engine.claim("conn-1", ["emails.send"])
+    await engine.hold("conn-1", running.with_state(StateType.RUNNING, "Running"))
+    assert sent.id != running.id
+    for _ in range(2):
+        await engine.enqueue(make_run("orphans.key"), RETRY)
+
+
+def test_every_run_has_a_place_and_unserved_keys_are_marked(admin_client):
+    async_to_sync(seed_every_place)()
+    data = admin_client.get(DATA).json()
+    emails, orphans = data["queues"]
+    assert {f: emails[f] for f in ("scheduled_size", "backlog", "deferred", "held")} == {
+        "scheduled_size": 1,
+        "backlog": 0,
+        "deferred": 1,
+        "held": 2,
+    }
+    assert (emails["waiting"], emails["running"], emails["unserved"]) == (1, 1, False)
+    assert (orphans["retry_size"], orphans["workers"], orphans["unserved"]) == (2, 0, True)
+    totals = data["totals"]
+    assert (totals["waiting"], totals["running"], totals["unserved"]) == (1, 1, 1)
+    html = admin_client.get(DASHBOARD).content.decode()
+    assert '<tr data-key="orphans.key" class="tq-unserved">' in html
+    assert '<tr data-key="emails.send">' in html  # served: no mark
+    assert html.count(">no worker</span>") == 1
+    assert '<td class="tq-deferred">1</td>' in html
+    assert '<td class="tq-waiting">1</td>' in html and '<td class="tq-running">1</td>' in html
+    assert 'id="tq-unserved" class="tq-alert"' in html
+
+
+def test_the_backlog_is_shown_while_a_full_lane_has_no_room(admin_client):
+    async def seed():
+        engine = get_queues()
+        await engine.configure("tiny", scheduled_size=1)
+        for _ in range(3):
+            await engine.admit(make_run("tiny"), SCHEDULED)
+
+    async_to_sync(seed)()
+    [row] = admin_client.get(DATA).json()["queues"]
+    assert (row["scheduled_size"], row["backlog"], row["unserved"]) == (1, 2, True)
+    assert '<td class="tq-backlog">2</td>' in admin_client.get(DASHBOARD).content.decode()
+
+
+def test_the_document_carries_this_process_counters_for_the_chart(admin_client):
+    first = admin_client.get(DATA).json()["counters"]
+    assert set(first) == {"time", "process", "enqueued", "finished"}
+    metrics.enqueued(make_run("chart.key"))
+    metrics.enqueued(make_run("chart.key"))
+    metrics.finished(make_run("chart.key").with_state(StateType.COMPLETED, "Completed"))
+    second = admin_client.get(DATA).json()["counters"]
+    assert second["process"] == first["process"]
+    assert second["time"] > first["time"]
+    assert second["enqueued"] - first["enqueued"] == 2
+    assert second["finished"] - first["finished"] == 1
+    # The page embeds the counters it was rendered with: the script's first baseline.
+    html = admin_client.get(DASHBOARD).content.decode()
+    assert '<script id="tq-counters" type="application/json">' in html
+    assert '<svg id="tq-chart"' in html
 
 
 async def seed_a_thousand_keys() -> None:
@@ -367,7 +446,8 @@ def test_run_list_is_a_constant_number_of_queries(admin_client, django_assert_ma
         response = admin_client.get(RUNS)
     assert response.status_code == 200
     html = response.content.decode()
-    assert html.count('<tr><td class="action-checkbox">') == 0  # no actions column
+    # A superuser may operate on runs: the selection column is there (one box a row).
+    assert html.count('<tr><td class="action-checkbox">') == 100
     assert html.count("job-") >= 100
     # Newest first.
     assert html.index("job-1999") < html.index("job-1998")
@@ -417,3 +497,39 @@ def test_run_detail_shows_json_and_the_traceback(admin_client):
     assert "ValueError: bad &lt;input&gt;" in html
     assert '<pre class="tq-traceback">Traceback:\n  x &lt; y</pre>' in html
     assert "taskqueue_app/dashboard.css" in html
+
+
+def test_run_list_shows_the_state_once_and_worker_ids_cut_short(admin_client):
+    worker = "build-host-17.example.com-4242-0f0e0d0c0b0a"
+    [plain] = _records(1, state_type=StateType.FAILED, state_name="Failed", worker=worker)
+    [named] = _records(
+        1, dynamic_key="d-named", state_type=StateType.RUNNING, state_name="Cancelling"
+    )
+    html = admin_client.get(RUNS).content.decode()
+    # One state column: no separate state_name column any more.
+    assert "column-state_name" not in html and "column-state_type" not in html
+    assert '<span class="tq-state tq-state-failed">Failed</span>' in html
+    assert (
+        '<span class="tq-state tq-state-running">Running '
+        '<span class="tq-state-name">(Cancelling)</span></span>'
+    ) in html
+    # The whole id is the title; the cell shows its start and its end (pid, random part).
+    assert f'<span class="tq-worker" title="{worker}">build-h…0d0c0b0a</span>' in html
+    assert plain.pk != named.pk
+
+
+def test_run_page_shows_the_expected_start_time_the_api_gives(admin_client):
+    [record] = _records(1)  # created without an expected start time: due when created
+    assert record.expected_start_time is None
+    html = admin_client.get(f"{RUNS}{record.pk}/change/").content.decode()
+    shown = re.search(r'field-expected_start.*?<div class="readonly">([^<]+)</div>', html, re.S)
+    created = re.search(r'field-created.*?<div class="readonly">([^<]+)</div>', html, re.S)
+    assert shown and created and shown.group(1) == created.group(1) != "-"
+    api = admin_client.get(reverse("taskqueue_app:task_run_detail", args=[record.pk])).json()
+    assert api["expected_start_time"] == api["created"]
+    # Deferred: its own time, not the creation.
+    later = record.created + timedelta(days=3)
+    TaskRunRecord.objects.filter(pk=record.pk).update(expected_start_time=later)
+    html = admin_client.get(f"{RUNS}{record.pk}/change/").content.decode()
+    shown = re.search(r'field-expected_start.*?<div class="readonly">([^<]+)</div>', html, re.S)
+    assert shown.group(1) == formats.localize(timezone.template_localtime(later))

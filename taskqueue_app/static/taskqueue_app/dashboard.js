@@ -1,5 +1,6 @@
-/* Keeps the queue dashboard live: polls its JSON twin every second and redraws the numbers.
- * No dependencies. When a poll fails the status line says so, and the next success clears it. */
+/* Keeps the queue dashboard live: polls its JSON twin every second, redraws the numbers and the
+ * runs-per-second chart. No dependencies. When a poll fails the status line says so, and the next
+ * success clears it. */
 (function () {
     "use strict";
 
@@ -12,6 +13,7 @@
     const status = document.getElementById("tq-status");
     const statusText = status.querySelector(".tq-status-text");
     const KEYS_SHOWN = 5;
+    const QUEUE_COLUMNS = root.querySelectorAll("#tq-queues thead th").length;
 
     function el(tag, attrs, children) {
         const node = document.createElement(tag);
@@ -70,12 +72,35 @@
         ]);
     }
 
+    function keyCell(parts) {
+        // As the template: a narrow column may break the key after its dots only.
+        const cell = el("th", {scope: "row", class: "tq-key"});
+        parts.forEach(function (part, index) {
+            cell.append(index ? "." : "", index ? el("wbr") : "", part);
+        });
+        return cell;
+    }
+
     function queueRow(row) {
         const bounds = row.configured
             ? el("strong", {text: "configured"})
             : el("span", {class: "tq-quiet", text: "default"});
-        return el("tr", {"data-key": row.task_key}, [
-            el("th", {scope: "row", class: "tq-key", text: row.task_key}),
+        const number = (cls, value) => el("td", {class: cls, text: String(value)});
+        const workers = el("td", {class: "tq-workers"}, [
+            el("span", {class: "tq-number", text: String(row.workers)}),
+        ]);
+        const attrs = {"data-key": row.task_key};
+        if (row.unserved) {
+            // Runs wait and nobody serves the key: the same mark as the server-rendered page.
+            attrs.class = "tq-unserved";
+            workers.append(" ", el("span", {
+                class: "tq-flag",
+                title: "Runs are waiting and no worker serves this key",
+                text: "no worker",
+            }));
+        }
+        return el("tr", attrs, [
+            keyCell(row.key_parts),
             el("td", {class: "tq-scheduled"}, [
                 lane("scheduled", row.scheduled_size, row.scheduled_limit, row.scheduled_pct),
             ]),
@@ -83,9 +108,12 @@
                 lane("retry", row.retry_size, row.retry_limit, row.retry_pct),
             ]),
             el("td", {class: "tq-fill", text: row.fill_pct + "%"}),
+            number("tq-deferred", row.deferred),
+            number("tq-backlog", row.backlog),
+            number("tq-waiting", row.waiting),
+            number("tq-running", row.running),
+            workers,
             el("td", {class: "tq-bounds"}, [bounds]),
-            el("td", {class: "tq-workers", text: String(row.workers)}),
-            el("td", {class: "tq-held", text: String(row.held)}),
         ]);
     }
 
@@ -124,6 +152,7 @@
             const count = data.totals[node.dataset.plural];
             node.textContent = count === 1 ? node.dataset.one : node.dataset.many;
         }
+        document.getElementById("tq-unserved").classList.toggle("tq-alert", data.totals.unserved > 0);
         document.getElementById("tq-count").textContent = String(data.page.count);
         document.getElementById("tq-page-number").textContent = String(data.page.number);
         document.getElementById("tq-page-count").textContent = String(data.page.num_pages);
@@ -132,7 +161,7 @@
         if (data.queues.length) {
             queues.replaceChildren(...data.queues.map(queueRow));
         } else if (!queues.querySelector(".tq-empty")) {
-            queues.replaceChildren(emptyRow(7, "No task keys to show."));
+            queues.replaceChildren(emptyRow(QUEUE_COLUMNS, "No task keys to show."));
         }
         const workers = root.querySelector("#tq-workers tbody");
         workers.replaceChildren(
@@ -140,6 +169,90 @@
                 : [emptyRow(6, "No worker is connected.")])
         );
     }
+
+    /* The throughput chart: runs enqueued and finished per second, from the difference of the
+     * counters of two polls over their time apart, for the last `data-window` seconds. What it
+     * draws is also on the <svg> as data attributes (points, last and peak rates). */
+    const chart = (function () {
+        const svg = document.getElementById("tq-chart");
+        const span = Number(svg.dataset.window) || 180;
+        const box = svg.viewBox.baseVal;
+        const scaleLabel = document.getElementById("tq-chart-scale");
+        const samples = [];
+        let last = null;
+        const initial = document.getElementById("tq-counters");
+        if (initial) {
+            last = JSON.parse(initial.textContent);
+        }
+
+        function niceCeiling(value) {
+            // 1, 2, 5, 10, 20, 50...: a scale an operator reads at a glance.
+            const power = Math.pow(10, Math.floor(Math.log10(value)));
+            for (const step of [1, 2, 5, 10]) {
+                if (value <= step * power) {
+                    return step * power;
+                }
+            }
+            return 10 * power;
+        }
+
+        function rate(value) {
+            return value >= 10 ? value.toFixed(0) : value.toFixed(1);
+        }
+
+        function draw(now) {
+            const peak = (name) => samples.reduce((top, s) => Math.max(top, s[name]), 0);
+            const peaks = {enqueued: peak("enqueued"), finished: peak("finished")};
+            const scale = niceCeiling(Math.max(1, peaks.enqueued, peaks.finished));
+            for (const name of ["enqueued", "finished"]) {
+                const points = samples.map(function (s) {
+                    const x = box.width * (1 - (now - s.time) / span);
+                    const y = box.height * (1 - s[name] / scale);
+                    return x.toFixed(1) + "," + y.toFixed(1);
+                });
+                svg.querySelector(".tq-line-" + name).setAttribute("points", points.join(" "));
+                if (name === "enqueued" && points.length) {
+                    // Shaded below its line: where both rates are equal, the finished line on
+                    // top would otherwise hide the enqueued one.
+                    const first = points[0].split(",")[0];
+                    const end = points[points.length - 1].split(",")[0];
+                    const area = [first + "," + box.height, ...points, end + "," + box.height];
+                    svg.querySelector(".tq-area-enqueued").setAttribute("points", area.join(" "));
+                }
+                const latest = samples.length ? samples[samples.length - 1][name] : 0;
+                svg.dataset["last" + name[0].toUpperCase() + name.slice(1)] = latest.toFixed(2);
+                svg.dataset["peak" + name[0].toUpperCase() + name.slice(1)] =
+                    peaks[name].toFixed(2);
+                document.getElementById("tq-rate-" + name).textContent =
+                    samples.length ? rate(latest) : "\u2013";
+            }
+            svg.dataset.points = String(samples.length);
+            svg.dataset.scale = String(scale);
+            scaleLabel.textContent = scale + "/s";
+        }
+
+        function record(counters) {
+            if (!counters) {
+                return;
+            }
+            const elapsed = last ? counters.time - last.time : 0;
+            // Another process (or a restarted one) counts from elsewhere: a new baseline only.
+            if (last && last.process === counters.process && elapsed > 0) {
+                const enqueued = (counters.enqueued - last.enqueued) / elapsed;
+                const finished = (counters.finished - last.finished) / elapsed;
+                if (enqueued >= 0 && finished >= 0) {
+                    samples.push({time: counters.time, enqueued: enqueued, finished: finished});
+                }
+            }
+            last = counters;
+            while (samples.length && samples[0].time < counters.time - span) {
+                samples.shift();
+            }
+            draw(counters.time);
+        }
+
+        return {record: record};
+    })();
 
     let failures = 0;
 
@@ -164,7 +277,9 @@
             if (!response.ok) {
                 throw new Error("HTTP " + response.status);
             }
-            render(await response.json());
+            const data = await response.json();
+            render(data);
+            chart.record(data.counters);
             failures = 0;
             setStatus("live", "Live: updated " + formatTime(new Date().toISOString()).split(" ")[0] +
                 ", refreshing every " + interval / 1000 + " s.");
