@@ -109,7 +109,7 @@ def measure_rq(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
 def task_run_cost(count: int = 10_000) -> dict[str, Any]:
     """What one queued ``TaskRun`` costs in this process: tracemalloc over ``count`` runs made
     as the server makes them (``run_from_request``), and ``sys.getsizeof`` of its parts."""
-    from taskqueue_app.schemas import run_from_request
+    from taskqueue_app.inputs import run_from_request
 
     body = {
         "task_key": "bench.peers.ours.noop",

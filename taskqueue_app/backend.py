@@ -34,9 +34,10 @@ from django.utils.module_loading import import_string
 
 from . import actions, lifecycle, records, server
 from .conf import taskqueue_settings
+from .inputs import run_from_request
 from .models import TaskRunRecord
 from .results import STATUS_OF_STATE, queue_key, task_as_enqueued, task_path_of, task_result
-from .schemas import QUEUE_NAME_MAX, TASK_KEY_MAX, TaskRun, isoformat, parse_uuid, run_from_request
+from .schemas import QUEUE_NAME_MAX, TASK_KEY_MAX, TaskRun, isoformat, parse_uuid
 from .tasks_compat import (
     BaseTaskBackend,
     InvalidTaskError,

@@ -20,6 +20,7 @@ from . import metrics
 from .attempts import begun, ended
 from .conf import taskqueue_settings
 from .errors import Crashed, UnstorableResult, error_type
+from .inputs import run_from_request
 from .models import TaskRunRecord
 from .queues import RETRY, SCHEDULED, QueueFull, get_queues
 from .records import aread, writer
@@ -30,7 +31,6 @@ from .schemas import (
     ValidationError,
     check_storable,
     now,
-    run_from_request,
     storable_copy,
 )
 from .states import CANCELLING, TERMINAL_STATES, StateType

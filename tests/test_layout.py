@@ -142,7 +142,12 @@ def test_the_queue_core_imports_only_conf_and_its_lanes():
 
 
 def test_schemas_and_states_import_no_orm():
-    for name in ("taskqueue_app.schemas", "taskqueue_app.states", "taskqueue_app.errors"):
+    for name in (
+        "taskqueue_app.schemas",
+        "taskqueue_app.inputs",
+        "taskqueue_app.states",
+        "taskqueue_app.errors",
+    ):
         assert "taskqueue_app.models" not in GRAPH[name]
         source = MODULES[name].read_text()
         assert "django.db" not in source, f"{name} imports the ORM"

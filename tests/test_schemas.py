@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from taskqueue_app.inputs import run_from_request
 from taskqueue_app.models import StateType, TaskRunRecord
 from taskqueue_app.schemas import (
     TaskRun,
@@ -15,7 +16,6 @@ from taskqueue_app.schemas import (
     isoformat,
     parse_datetime,
     parse_uuid,
-    run_from_request,
 )
 
 

@@ -33,10 +33,11 @@ from taskqueue_app.errors import (
     UnstorableResult,
     error_type,
 )
+from taskqueue_app.inputs import run_from_request
 from taskqueue_app.management.commands.taskworker import keys_for, select_queues
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.results import queue_key, task_path_of
-from taskqueue_app.schemas import TaskRun, ValidationError, run_from_request
+from taskqueue_app.schemas import TaskRun, ValidationError
 from taskqueue_app.tasks_compat import (
     InvalidTaskError,
     TaskError,
