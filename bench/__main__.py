@@ -21,6 +21,7 @@ STAGES = [
     "consumer",
     "end_to_end",
     "producers",
+    "postgres",
     "scale_out",
     "idle",
     "memory",

@@ -87,23 +87,26 @@ def run(quick: bool) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="taskqueue-costs-") as tmp:
         for count in KEY_COUNTS:
-            # A fresh server per row: its memory and its queues start empty.
-            daphne = _ours(tmp).start()
+            # A fresh server and database per row: its memory and its queues start empty (a
+            # database of an earlier row would be restored into them).
+            daphne = _ours(tempfile.mkdtemp(dir=tmp)).start()
             try:
                 prefix = f"bench.costs.{uuid.uuid4().hex[:6]}"
-                keys = [f"{prefix}.{i}" for i in range(count)]
-                common.progress(f"{NAME}: {count} key(s), 1 worker")
-                cpu = asyncio.run(_burst(daphne.port, daphne.process.pid, keys, 1, config["runs"]))
+                # Memory first, on the fresh server: after a burst, freed memory would be
+                # reused by the queued runs and hide what they cost.
                 common.progress(f"{NAME}: {count} key(s), {config['queued']:,} queued")
                 idle_keys = [f"{prefix}.idle.{i}" for i in range(count)]
                 memory = asyncio.run(
                     _memory(daphne.port, daphne.process.pid, idle_keys, config["queued"])
                 )
+                common.progress(f"{NAME}: {count} key(s), 1 worker")
+                keys = [f"{prefix}.{i}" for i in range(count)]
+                cpu = asyncio.run(_burst(daphne.port, daphne.process.pid, keys, 1, config["runs"]))
             finally:
                 daphne.stop()
             rows[f"keys={count}"] = {"keys": count, "workers": 1, "cpu_ms": cpu, "bytes": memory}
         for count in WORKER_COUNTS:
-            daphne = _ours(tmp).start()
+            daphne = _ours(tempfile.mkdtemp(dir=tmp)).start()
             try:
                 common.progress(f"{NAME}: 1 key, {count} worker(s)")
                 key = [f"bench.costs.w.{uuid.uuid4().hex[:6]}"]

@@ -2,12 +2,13 @@
 
 Ours: the example project under Daphne (``bench.settings``, DEBUG off, records in SQLite WAL),
 one ``python -m taskqueue_app.worker --limit 10`` process, runs enqueued in the server
-(``await task.aenqueue()`` in a bench-only view) and over HTTP (the Django Tasks backend from
-this process). Celery 5 with Redis as broker and result backend, one worker process with a pool
-of 10 threads. RQ 2 on Redis with one non-forking ``SimpleWorker``. Prefect 3.9 background
-tasks (``task.delay`` + ``serve``) against a local Prefect server. Every system runs the same
-phases (``bench/peers/phases.py``): a paced phase for latency, repeated bursts for throughput.
-Peers live in their own venvs under the user's cache directory (``bench/peers/venvs.py``).
+(``await task.aenqueue()`` in a bench-only view) and from another process (the Django Tasks
+backend from this process, over the producer stream). Celery 5 with Redis as broker and result
+backend, one worker process with a pool of 10 threads. RQ 2 on Redis with one non-forking
+``SimpleWorker``. Prefect 3.9 background tasks (``task.delay`` + ``serve``) against a local
+Prefect server. Every system runs the same phases (``bench/peers/phases.py``): a paced phase for
+latency, repeated bursts for throughput. Peers live in their own venvs under the user's cache
+directory (``bench/peers/venvs.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ PRODUCERS = 4
 PEERS = {"celery": "Celery", "rq": "RQ", "prefect": "Prefect"}
 LABELS = {
     "ours": "taskqueue, enqueued in the server (aenqueue)",
-    "ours_http": "taskqueue, enqueued over HTTP (another process)",
+    "ours_http": "taskqueue, enqueued from another process (producer stream)",
     "celery": "Celery 5 + Redis, with results",
     "rq": "RQ 2 + Redis, SimpleWorker",
     "prefect": "Prefect 3.9 background tasks",
@@ -150,9 +151,9 @@ def report(result: dict[str, Any]) -> str:
         "`date_done`; RQ: the jobs' `ended_at`; Prefect: the last result read back).",
         f"- Ours in the server: a bench-only async view calls `await task.aenqueue()` "
         f"{SERVER_BATCH} times concurrently per request (as views starting background work do; "
-        "HTTP only carries the trigger). Over HTTP: `task.enqueue()` in this process, one "
-        "`POST /api/task_runs/` per run on a kept-alive connection per thread; Daphne's HTTP "
-        "handling bounds it (see the http_enqueue stage).",
+        "HTTP only carries the trigger). From another process: `task.enqueue()` in this "
+        "process, through `SERVER_URL` over the producer stream (one kept-open WebSocket, "
+        "creates pipelined; the producers stage has one `POST` per run beside it).",
         f"- p50/p99: enqueue to task-body start (wall clock), {config['paced_runs']} runs paced "
         f"at {config['paced_rate']}/s after {config['warmup']} warm-up runs; Prefect: "
         f"{max(10, config['prefect_runs'] // 5)} runs at 2/s, bursts of "

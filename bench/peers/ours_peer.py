@@ -1,8 +1,9 @@
 """Our system in the end-to-end benchmark: Daphne serving the example project on
 ``bench.peers.ours_settings`` (DEBUG off, records in SQLite WAL) and one
 ``python -m taskqueue_app.worker --limit 10`` process. Runs are enqueued in the server (a
-bench-only view awaiting ``task.aenqueue()``) and over HTTP (``task.enqueue()`` here, through
-``SERVER_URL``). Its "server" is the Daphne process: the CPU and memory counted are its own."""
+bench-only view awaiting ``task.aenqueue()``) and from this process (``task.enqueue()`` here,
+through ``SERVER_URL``: the producer stream). Its "server" is the Daphne process: the CPU and
+memory counted are its own."""
 
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def _phases(records: Records, one, many, runs: int, batch: int, config: dict) ->
 
 
 def measure_ours(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Daphne + one TaskWorker process; runs enqueued in the server, and over HTTP."""
+    """Daphne + one TaskWorker process; runs enqueued in the server, and from this process."""
     from django.conf import settings
     from django.test import override_settings
 
@@ -177,8 +178,8 @@ def measure_ours(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
                 http_config = {**config, "repeats": config["http_repeats"]}
                 common.progress(
-                    f"end_to_end: ours, enqueued over HTTP, {http_config['repeats']} bursts of "
-                    f"{config['http_runs']:,}"
+                    f"end_to_end: ours, enqueued from this process, {http_config['repeats']} "
+                    f"bursts of {config['http_runs']:,}"
                 )
                 over_http = _phases(
                     records,
