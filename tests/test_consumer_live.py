@@ -1,5 +1,6 @@
-"""The subscription protocol end to end: a real Daphne subprocess, HTTP producers, and workers
-on the ``websockets`` client library (DESIGN §6, close codes as clients see them)."""
+"""The subscription protocol end to end: a real server subprocess (Daphne, the default, and
+Uvicorn), HTTP producers, and workers on the ``websockets`` client library (DESIGN §6, close
+codes as clients see them)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "live-secret"
 WAIT = 10  # seconds to wait for a frame from the server: generous, the machine is shared
+# The ASGI servers the app is served by: every test of this module runs under each.
+SERVERS = ["daphne", "uvicorn"]
 
 
-@pytest.fixture(scope="module")
-def server():
-    with ProjectServer() as daphne:
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request):
+    with ProjectServer(server=request.param) as daphne:
         yield daphne
 
 
@@ -167,9 +170,9 @@ async def test_protocol_violation_closes_4001_end_to_end(server):
     assert closed.value.rcvd.reason == "Protocol violation: expected a JSON object"
 
 
-@pytest.fixture(scope="module")
-def token_server():
-    with ProjectServer(env={"TASKQUEUE_AUTH_TOKEN": TOKEN}) as daphne:
+@pytest.fixture(scope="module", params=SERVERS)
+def token_server(request):
+    with ProjectServer(env={"TASKQUEUE_AUTH_TOKEN": TOKEN}, server=request.param) as daphne:
         yield daphne
 
 
@@ -281,8 +284,9 @@ async def test_fifty_producers_four_workers_2000_runs_each_completed_exactly_onc
 
 
 @pytest.mark.timeout(120)
-async def test_shutdown_closes_with_1012_or_1006_and_the_unacked_run_survives():
-    with ProjectServer() as daphne:
+@pytest.mark.parametrize("asgi_server", SERVERS)
+async def test_shutdown_closes_with_1012_or_1006_and_the_unacked_run_survives(asgi_server):
+    with ProjectServer(server=asgi_server) as daphne:
         key = unique_key("shutdown")
         run_id = await asyncio.to_thread(enqueue, daphne, key)
         ws = await worker(daphne, [key])
@@ -292,7 +296,8 @@ async def test_shutdown_closes_with_1012_or_1006_and_the_unacked_run_survives():
         await stopped
         # DESIGN allows 1012 or 1006, never 1000/1001 (Prefect's client would give up). Daphne
         # alone gives 1006 (its shutdown drops sockets unflushed, and it refuses to send 1012);
-        # with daphne_close and the flush in close_all_subscriptions it is 1012.
+        # with daphne_close and the flush in close_all_subscriptions it is 1012. Uvicorn sends
+        # 1012 to its open sockets as it shuts down.
         assert code == 1012, code
 
         daphne.start()  # same port, same database: the run is restored and delivered again
