@@ -57,6 +57,19 @@ def verdict(target: dict[str, Any]) -> str:
     return "met" if target.get("met") else "**NOT met**"
 
 
+def burst_notes(config: dict[str, Any], targets: Iterable[dict[str, Any]] = ()) -> list[str]:
+    """The notes every burst-and-paced stage ends with: how runs/s and p50/p99 were measured,
+    and each target's verdict."""
+    return [
+        f"- runs/s: median of {config['repeats']} bursts of {config['runs']:,}; p50/p99: "
+        f"{config['paced_runs']} runs paced at {config['paced_rate']}/s, enqueue to task start.",
+        *[
+            f"- Target {t['name']}: {t['target']}: {fmt_ratio(t['value'])}, {verdict(t)}."
+            for t in targets
+        ],
+    ]
+
+
 def environment_note(environment: dict[str, Any]) -> str:
     """The start of a report's last note: ``- Python 3.x, N CPUs`` (of ``environment()``)."""
     return f"- Python {environment['python']}, {environment['cpus']} CPUs"

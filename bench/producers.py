@@ -172,13 +172,7 @@ def report(result: dict[str, Any]) -> str:
         f"- {config['producers']} producer processes call `task.enqueue()`; one Daphne on the "
         f"memory engine, one `python -m taskqueue_app.worker --limit {config['limit']}`. "
         "Celery: the end_to_end stage's peer. Server CPU: Daphne's (Celery: redis-server's).",
-        f"- runs/s: median of {config['repeats']} bursts of {config['runs']:,}; p50/p99: "
-        f"{config['paced_runs']} runs paced at {config['paced_rate']}/s, enqueue to task start.",
-        *[
-            f"- Target {t['name']}: {t['target']}: {common.fmt_ratio(t['value'])}, "
-            f"{common.verdict(t)}."
-            for t in result["targets"]
-        ],
+        *common.burst_notes(config, result["targets"]),
     ]
     return "\n".join([table, *notes])
 

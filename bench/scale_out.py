@@ -201,13 +201,7 @@ def report(result: dict[str, Any]) -> str:
         f"processes on one SQLite file, one `python -m taskqueue_app.worker --limit "
         f"{config['limit']}` on each. Celery: the end_to_end stage's peer (one worker, "
         f"{config['limit']} threads, {config['producers']} producer threads, results read back).",
-        f"- runs/s: median of {config['repeats']} bursts of {config['runs']:,}; p50/p99: "
-        f"{config['paced_runs']} runs paced at {config['paced_rate']}/s, enqueue to task start.",
-        *[
-            f"- Target {t['name']}: {t['target']}: {common.fmt_ratio(t['value'])}, "
-            f"{common.verdict(t)}."
-            for t in result["targets"]
-        ],
+        *common.burst_notes(config, result["targets"]),
     ]
     return "\n".join([table, *notes])
 

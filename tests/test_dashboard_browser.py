@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,10 +33,9 @@ from daphne.testing import DaphneProcess
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 
-from project.servers import ProjectServer
+from project.servers import production_server
 from taskqueue_app import testing
 from tests.worker_helpers import (
-    ROOT,
     WorkerProcess,
     api,
     create_run,
@@ -372,20 +370,8 @@ class DashboardInBrowserTest(ChannelsLiveServerTestCase):
 def production():
     """The project with DJANGO_DEBUG=0 (WhiteNoise serves what collectstatic gathered into a
     STATIC_ROOT of its own), a superuser in its database."""
-    with tempfile.TemporaryDirectory(prefix="taskqueue-static-") as static_root:
-        server = ProjectServer(env={"DJANGO_DEBUG": "0", "DJANGO_STATIC_ROOT": static_root})
-        env = server.environ()
-        collect = [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"]
-        subprocess.run(collect, cwd=ROOT, env=env, check=True, timeout=60)
-        server.migrate()
-        create_user = (
-            "from django.contrib.auth.models import User; "
-            "User.objects.create_superuser('admin', 'admin@example.com', 'pw')"
-        )
-        shell = [sys.executable, "manage.py", "shell", "-c", create_user]
-        subprocess.run(shell, cwd=ROOT, env=env, check=True, timeout=60)
-        with server:
-            yield server
+    with production_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import http.cookiejar
 import re
-import subprocess
-import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,8 +15,8 @@ import django.contrib.admin
 import pytest
 
 import taskqueue_app
-from project.servers import ProjectServer
-from tests.worker_helpers import ROOT, api
+from project.servers import production_server
+from tests.worker_helpers import api
 
 ADMIN_STATIC = Path(django.contrib.admin.__file__).parent / "static"
 APP_STATIC = Path(taskqueue_app.__file__).parent / "static"
@@ -32,20 +29,8 @@ pytestmark = pytest.mark.timeout(120)
 def production():
     """The project with DJANGO_DEBUG=0, its files collected into a STATIC_ROOT of its own, and a
     superuser in its database."""
-    with tempfile.TemporaryDirectory(prefix="taskqueue-static-") as static_root:
-        server = ProjectServer(env={"DJANGO_DEBUG": "0", "DJANGO_STATIC_ROOT": static_root})
-        env = server.environ()
-        collect = [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"]
-        subprocess.run(collect, cwd=ROOT, env=env, check=True, timeout=60)
-        server.migrate()
-        create_user = (
-            "from django.contrib.auth.models import User; "
-            "User.objects.create_superuser('admin', 'admin@example.com', 'pw')"
-        )
-        shell = [sys.executable, "manage.py", "shell", "-c", create_user]
-        subprocess.run(shell, cwd=ROOT, env=env, check=True, timeout=60)
-        with server:
-            yield server
+    with production_server() as server:
+        yield server
 
 
 def fetch(url: str, opener: urllib.request.OpenerDirector | None = None):
