@@ -122,6 +122,9 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
             return await _recorded(lifecycle.finish_cancelled(run))
         found = await queues.find_held(run_id)
         if found is None:
+            # Being created here (recorded, not yet queued), handed over to a client that reports
+            # nothing, or stranded: it ends here, and a create in flight will not queue it.
+            lifecycle.withdraw(run_id)
             return await _recorded(lifecycle.finish_cancelled(run, run.worker or None))
         held, holder = found.run, found.holder
         live = holder in await _live_holders()

@@ -212,12 +212,12 @@ def reset() -> None:
     """
     from asgiref.sync import async_to_sync
 
-    from . import actions, lifecycle, server
+    from . import actions, creating, server
     from .queues import get_queues
     from .records import writer
 
     actions.reset()
-    lifecycle.reset()
+    creating.reset()
     server.reset()
     writer.reset()
     async_to_sync(get_queues().reset)()

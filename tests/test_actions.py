@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from taskqueue_app import actions, lifecycle, orphans
 from taskqueue_app.errors import AlreadyFinished
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import RETRY, get_queues
+from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, now
 from taskqueue_app.testing import claim, queued, take_now
 from taskqueue_app.testing import queue_row as row
@@ -233,3 +235,21 @@ async def test_give_back_refuses_runs_that_are_not_stranded():
     with pytest.raises(actions.NotStrandedError, match="held by a connected worker .w1.; cancel"):
         await actions.give_back(run.id)
     assert (await recorded(run.id)).state_type == "RUNNING"
+
+
+async def test_a_run_cancelled_while_its_record_is_written_never_reaches_its_queue():
+    await make("warm")  # the records writer's thread exists
+    gate = threading.Event()
+    blocked = asyncio.get_running_loop().run_in_executor(writer._executor, gate.wait)
+    run_id = uuid.uuid4()
+    creating = asyncio.ensure_future(lifecycle.create({"task_key": "w", "id": str(run_id)}))
+    while not lifecycle.withdraw(run_id):  # true once the create is in flight: yield till then
+        await asyncio.sleep(0)
+    gate.set()
+    await blocked
+    run, created = await creating
+    assert (run.id, created) == (run_id, True)
+    assert await queued("w") == 0  # recorded, but kept out of its queue
+    assert not lifecycle.withdraw(run_id)  # nothing in flight any more
+    await get_queues().configure("w", scheduled_size=1)
+    await make("w")  # its reserved slot was given back: the one slot is free

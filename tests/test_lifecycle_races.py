@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connection
 
-from taskqueue_app import lifecycle
+from taskqueue_app import creating, lifecycle
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import get_queues
 from taskqueue_app.records import writer
@@ -56,7 +56,7 @@ def _rename_table(old: str, new: str) -> None:
 async def test_a_failed_restore_is_tried_again():
     run, _ = await lifecycle.create({"task_key": "k"})
     # A new process: the run is only in the records now.
-    lifecycle.reset()
+    creating.reset()
     writer.reset()
     await get_queues().reset()
     assert await queued("k") == 0
