@@ -74,20 +74,24 @@ def burst_producers(env: dict[str, str], count: int, producers: int) -> tuple[fl
     return started, ids
 
 
-def measure_ours_on_redis(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """Two Daphne processes, a worker on each, producers in processes of their own."""
+def measure_ours_on_redis(config: dict[str, Any], tmp: Path, pg: Any = None) -> dict[str, Any]:
+    """Two Daphne processes, a worker on each, producers in processes of their own; the records
+    on one SQLite file, or with ``pg`` (a ``PostgresServer``) in a PostgreSQL database."""
+    from bench.postgres import PgRecords
     from project.servers import ProjectServer
 
     with RedisServer(tmp) as redis:
-        env = {
-            "DJANGO_DEBUG": "0",
-            "TASKQUEUE_REDIS_URL": redis.url,
-            "TASKQUEUE_DB": str(tmp / "scale.sqlite3"),
-        }
+        env = {"DJANGO_DEBUG": "0", "TASKQUEUE_REDIS_URL": redis.url}
+        if pg is None:
+            env["TASKQUEUE_DB"] = str(tmp / "scale.sqlite3")
+        else:
+            name = pg.create_database(f"scale_{os.getpid()}")
+            env.update(pg.environ(name))
         servers = [
             ProjectServer(
                 settings="bench.peers.ours_settings",
-                database=tmp / "scale.sqlite3",
+                database=tmp / ("scale.sqlite3" if pg is None else "scale-pg.sqlite3"),
+                database_env="TASKQUEUE_DB" if pg is None else None,
                 env=env,
                 cwd=common.ROOT,
             )
@@ -104,7 +108,10 @@ def measure_ours_on_redis(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
         try:
             for daphne in servers:
                 wait_for_worker(daphne.api_url)
-            records = Records(servers[0].database)
+            if pg is None:
+                records: Records = Records(servers[0].database)
+            else:
+                records = PgRecords(pg.dsn(env["TASKQUEUE_PG_NAME"]))
             producer_env = {
                 **os.environ,
                 **env,
@@ -150,6 +157,17 @@ def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _on_postgres(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    from taskqueue_app.testing_postgres import PostgresServer
+
+    if not PostgresServer.available():
+        return {"skipped": "PostgreSQL's initdb and pg_ctl were not found"}
+    with PostgresServer() as pg:
+        return measured_or_skipped(
+            NAME, "ours (PostgreSQL)", lambda c, t: measure_ours_on_redis(c, t, pg), config, tmp
+        )
+
+
 def run(quick: bool) -> dict[str, Any]:
     common.setup_django()
     config = _config(quick)
@@ -158,6 +176,8 @@ def run(quick: bool) -> dict[str, Any]:
         common.progress(f"{NAME}: ours on Redis, 2 servers, {config['producers']} producers")
         result: dict[str, Any] = {"config": config}
         result["ours"] = measured_or_skipped(NAME, "ours", measure_ours_on_redis, config, tmp)
+        common.progress(f"{NAME}: ours on Redis, the records on PostgreSQL")
+        result["ours_pg"] = _on_postgres(config, tmp)
         common.progress(f"{NAME}: Celery 5 + Redis")
         result["celery"] = measured_or_skipped(NAME, "Celery", measure_celery, config, tmp)
     result["targets"] = _targets(result)
@@ -167,7 +187,12 @@ def run(quick: bool) -> dict[str, Any]:
 def report(result: dict[str, Any]) -> str:
     fmt = common.fmt_number
     rows = []
-    for key, label in (("ours", "taskqueue on Redis, 2 servers"), ("celery", "Celery 5 + Redis")):
+    systems = (
+        ("ours", "taskqueue on Redis, 2 servers, SQLite"),
+        ("ours_pg", "taskqueue on Redis, 2 servers, PostgreSQL"),
+        ("celery", "Celery 5 + Redis"),
+    )
+    for key, label in systems:
         entry = result.get(key) or {"skipped": "not run"}
         if "skipped" in entry:
             rows.append([label, "—", "—", "—", "—", "—", f"skipped: {entry['skipped']}"])
@@ -198,9 +223,11 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"- Ours: {config['producers']} producer processes call `task.enqueue()` with the Redis "
         "engine configured (the record and the run written directly, no HTTP); two Daphne "
-        f"processes on one SQLite file, one `python -m taskqueue_app.worker --limit "
-        f"{config['limit']}` on each. Celery: the end_to_end stage's peer (one worker, "
-        f"{config['limit']} threads, {config['producers']} producer threads, results read back).",
+        f"processes on one SQLite file (or one PostgreSQL database, a cluster the bench starts "
+        f"on a unix socket), one `python -m taskqueue_app.worker --limit "
+        f"{config['limit']}` on each. The targets are the SQLite row's. Celery: the end_to_end "
+        f"stage's peer (one worker, {config['limit']} threads, {config['producers']} producer "
+        "threads, results read back).",
         *common.burst_notes(config, result["targets"]),
     ]
     return "\n".join([table, *notes])
