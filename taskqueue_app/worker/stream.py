@@ -32,9 +32,6 @@ from .http import EnqueueError, run_or_raise
 __all__ = ["ProducerStream", "stream_for"]
 
 SUBPROTOCOL = Subprotocol("taskqueue.producer")
-# How many times a create is sent over a fresh connection before the caller hears it failed.
-CONNECT_ATTEMPTS = 2
-
 _streams: dict[tuple[str, str | None, int], ProducerStream] = {}
 _streams_lock = threading.Lock()
 
@@ -129,16 +126,14 @@ class ProducerStream:
         answer = asyncio.get_running_loop().create_future()
         self._pending[ref] = (frame, answer)
         try:
-            for attempt in range(1, CONNECT_ATTEMPTS + 1):
-                ws = await self._connection()
-                try:
-                    await ws.send(frame)
-                    break
-                except ConnectionClosed:
-                    # The reader sends every pending create again once it has reconnected;
-                    # this one too, unless no connection can be opened.
-                    if attempt == CONNECT_ATTEMPTS:
-                        raise EnqueueError(f"the producer stream at {self.url} closed") from None
+            ws = await self._connection()
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                # A connection that dropped under us: its reader, which sees the close too,
+                # opens a new one and sends every pending create again, this one included (it
+                # was pending before the send), or fails them all if none can be opened.
+                pass
             return await answer
         finally:
             self._pending.pop(ref, None)
@@ -215,8 +210,9 @@ class ProducerStream:
             for frame, answer in list(self._pending.values()):
                 if not answer.done():
                     await fresh.send(frame)
-        except (EnqueueError, ConnectionClosed) as exc:
-            error = exc if isinstance(exc, EnqueueError) else EnqueueError(str(exc))
+        except ConnectionClosed:
+            pass  # the fresh connection dropped too: its own reader starts over
+        except EnqueueError as error:  # no connection could be opened in time
             for _, answer in list(self._pending.values()):
                 if not answer.done():
                     answer.set_exception(error)
