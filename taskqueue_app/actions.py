@@ -70,6 +70,10 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
     Raises ``NotFinishedError`` unless it is FAILED, CRASHED or CANCELLED, and
     ``QueueFullError`` when the retry lane is full.
     """
+    return await asyncio.shield(_retry(run_id))
+
+
+async def _retry(run_id: uuid.UUID) -> TaskRun | None:
     queues = get_queues()
     async with _hands.lock:
         run = await lifecycle.get(run_id)
@@ -108,34 +112,67 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
     worker vanishes first, it ends CANCELLED rather than crashed and retried. A run no live
     connection holds (stranded, or handed over to a client that reports nothing) is CANCELLED.
     """
+    # Shielded: once begun, an operator's action completes even if its caller gives up.
+    return await asyncio.shield(_cancel(run_id))
+
+
+def _finished(run_id: uuid.UUID, state: str) -> AlreadyFinished:
+    return AlreadyFinished(
+        f"run {run_id} is {state}: it has already finished, so there is nothing to cancel"
+    )
+
+
+async def _current(run_id: uuid.UUID) -> TaskRun | None:
+    """The run as recorded; ``AlreadyFinished`` if it, or a change of it not yet written (an
+    outcome that arrived while this action waited), is terminal."""
+    run = await lifecycle.get(run_id)
+    if run is None:
+        return None
+    state = writer.latest_state(run_id) or run.state_type
+    if state in TERMINAL_STATES:
+        raise _finished(run_id, state)
+    return run
+
+
+async def _cancel(run_id: uuid.UUID) -> TaskRun | None:
     queues = get_queues()
     async with _hands.lock:
-        run = await lifecycle.get(run_id)
+        run = await _current(run_id)
         if run is None:
             return None
-        if run.state_type in TERMINAL_STATES:
-            raise AlreadyFinished(
-                f"run {run_id} is {run.state_type}: it has already finished, so there is "
-                "nothing to cancel"
-            )
         if await queues.cancel(run_id) is not None:
             return await _recorded(lifecycle.finish_cancelled(run))
         found = await queues.find_held(run_id)
         if found is None:
             # Being created here (recorded, not yet queued), handed over to a client that reports
-            # nothing, or stranded: it ends here, and a create in flight will not queue it.
-            lifecycle.withdraw(run_id)
+            # nothing, or stranded. Read again: an outcome may have settled it meanwhile (the
+            # check and the write below have no await between them).
+            run = await _current(run_id)
+            if run is None:
+                return None
+            lifecycle.withdraw(run_id)  # a create in flight here will not queue it
             return await _recorded(lifecycle.finish_cancelled(run, run.worker or None))
         held, holder = found.run, found.holder
         live = holder in await _live_holders()
         if live and held.state_type == StateType.RUNNING:
+            again = await queues.find_held(run_id)
+            if again is None or again.holder != holder:  # its worker settled it meanwhile
+                run = await _current(run_id)
+                if run is None:
+                    return None
+                return await _recorded(lifecycle.finish_cancelled(run, run.worker or None))
             asking = held.with_state(StateType.RUNNING, CANCELLING)
             await queues.hold(holder, asking)
             writer.update(asking)
             await queues.notify(holder, protocol.cancel(run_id))
             return await _recorded(asking)
-        await queues.ack(holder, run_id)
-        done = lifecycle.finish_cancelled(held, held.worker or None)
+        taken = await queues.ack(holder, run_id)
+        if taken is None:  # settled by its worker meanwhile
+            run = await _current(run_id)
+            if run is None:
+                return None
+            taken = run
+        done = lifecycle.finish_cancelled(taken, taken.worker or None)
         if live:
             await queues.notify(holder, protocol.cancel(run_id))  # drop it, do not start it
         return await _recorded(done)
@@ -146,6 +183,10 @@ async def give_back(run_id: uuid.UUID) -> TaskRun | None:
     a RUNNING one crashes (retried if it may be), a PENDING one goes to the front of its retry
     lane. None if there is no such run; ``NotStrandedError`` unless it is PENDING or RUNNING
     with no live connection holding it."""
+    return await asyncio.shield(_give_back(run_id))
+
+
+async def _give_back(run_id: uuid.UUID) -> TaskRun | None:
     queues = get_queues()
     async with _hands.lock:
         run = await lifecycle.get(run_id)

@@ -92,11 +92,15 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
         if reserved:
             await queues.unreserve(run.task_key)
         raise
-    await _admit_created(stored, created, run.task_key, reserved)
+    await _admit_created(run.id, stored, created, run.task_key, reserved)
     return stored, created
 
 
-async def _admit_created(stored: TaskRun, created: bool, key: str, reserved: bool) -> None:
+async def _admit_created(
+    asked: uuid.UUID, stored: TaskRun, created: bool, key: str, reserved: bool
+) -> None:
+    """Queue a run just recorded (``asked`` is the id its create registered as admitting; an
+    existing run answered instead has another)."""
     queues = get_queues()
     try:
         if created and stored.id in _process.withdrawn:
@@ -109,8 +113,8 @@ async def _admit_created(stored: TaskRun, created: bool, key: str, reserved: boo
         elif reserved:
             await queues.unreserve(key)  # the run existed (it is queued, or was), or is cancelled
     finally:
-        _process.admitting.discard(stored.id)
-        _process.withdrawn.discard(stored.id)
+        _process.admitting.discard(asked)
+        _process.withdrawn.discard(asked)
 
 
 def withdraw(run_id: uuid.UUID) -> bool:
@@ -132,4 +136,4 @@ async def _admit_when_written(
         if reserved:
             await get_queues().unreserve(key)
         return
-    await _admit_created(stored, created, key, reserved)
+    await _admit_created(run_id, stored, created, key, reserved)

@@ -223,6 +223,8 @@ async def fail(
     run = await _take_over(holder, run_id, client_id)
     if run is None:
         return None
+    if run.state_name == CANCELLING:
+        return finish_cancelled(run, client_id)  # an operator's cancel is never retried
     error = storable_copy(error)
     return await _retry_or_finish(run, StateType.FAILED, "Failed", error, client_id)
 
@@ -267,8 +269,9 @@ async def disconnect(holder: str) -> None:
     crashed = []
     for run in await queues.held(holder):
         if run.state_type == StateType.RUNNING:
-            await queues.ack(holder, run.id)
-            crashed.append(run)
+            # None: settled meanwhile by another process (an operator's cancel, say).
+            if await queues.ack(holder, run.id) is not None:
+                crashed.append(run)
         elif run.state_type != StateType.SCHEDULED:
             # Acked but never started: SCHEDULED again, in its place in the holder's claim order.
             back = run.with_state(StateType.SCHEDULED, "Scheduled")

@@ -38,6 +38,7 @@ SUBPROTOCOL = "taskqueue.producer"
 IN_FLIGHT = 512
 # A create frame's envelope beyond its run: room for the type and the ref.
 ENVELOPE_BYTES = 1024
+FRAME_FACTOR = 4
 
 
 class ProducerConsumer(DirectWebsocketConsumer):
@@ -61,7 +62,9 @@ class ProducerConsumer(DirectWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """An ``auth`` first, then ``create`` messages."""
         try:
-            limit = taskqueue_settings.MAX_MESSAGE_BYTES + ENVELOPE_BYTES
+            # Room for a run somewhat over the limit, so that it is answered 413 (its ref known)
+            # rather than closing the stream, which its producer would only send again into.
+            limit = FRAME_FACTOR * taskqueue_settings.MAX_MESSAGE_BYTES + ENVELOPE_BYTES
             message = protocol.decode(text_data, bytes_data, limit)
             if not self.authenticated:
                 try:
@@ -86,8 +89,14 @@ class ProducerConsumer(DirectWebsocketConsumer):
         task.add_done_callback(self.creates.discard)
 
     async def _create(self, ref: Any, run: Any) -> None:
+        head = f'"ref":{json.dumps(ref)},'
         try:
-            answer = await create_answer(run, f'"ref":{json.dumps(ref)},')
+            try:
+                answer = await create_answer(run, head)
+            except Exception as exc:  # not a refusal the API knows (the engine down, say)
+                logger.exception("create %r failed", ref)
+                refusal = {"status": 503, "error": f"the run could not be created ({exc})"}
+                answer = "{" + head + json.dumps({**refusal, "retry_after": 1})[1:]
             await self.send(text_data=answer)
         except Exception:
             # The create itself is complete or refused; only the answer is lost. The producer

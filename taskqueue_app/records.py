@@ -41,6 +41,7 @@ class RecordWriter:
     def __init__(self) -> None:
         self._creates: list[tuple[TaskRun, asyncio.Future]] = []
         self._updates: dict[uuid.UUID, dict[str, Any]] = {}
+        self._writing: dict[uuid.UUID, dict[str, Any]] = {}  # the batch being committed
         self._idle: list[asyncio.Future] = []
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -54,6 +55,7 @@ class RecordWriter:
     def reset(self) -> None:
         """Drop whatever is pending (a testing utility: each test has its own event loop)."""
         self._creates, self._updates, self._idle, self._task = [], {}, [], None
+        self._writing = {}
         self._attempts = {}
         self._batches = self._committed = 0
         self._barriers = []
@@ -79,6 +81,14 @@ class RecordWriter:
         values.update({name: getattr(run, name) for name in names})
         values["updated"] = run.updated or now()
         self._kick()
+
+    def latest_state(self, run_id: uuid.UUID) -> str | None:
+        """The state type of ``run_id``'s newest change not yet committed (pending or in the
+        batch being written), or None: what a read of its record does not show yet."""
+        for values in (self._updates.get(run_id), self._writing.get(run_id)):
+            if values is not None:
+                return values.get("state_type")
+        return None
 
     def durable(self, run_ids: frozenset[uuid.UUID] = frozenset()) -> asyncio.Future[bool]:
         """A future that resolves once every write handed over so far is committed, under
@@ -172,6 +182,7 @@ class RecordWriter:
             creates = self._creates[:MAX_CREATES_PER_BATCH]
             del self._creates[:MAX_CREATES_PER_BATCH]
             updates, self._updates = self._updates, {}
+            self._writing = updates
             runs = [run for run, _ in creates]
             self._batches += 1
             try:
@@ -179,9 +190,11 @@ class RecordWriter:
             except Exception:
                 logger.exception("could not write a batch of run records; writing them one by one")
                 given_up = await self._commit_apart(creates, updates)
+                self._writing = {}
                 self._committed = self._batches
                 self._release_barriers(given_up)
                 continue
+            self._writing = {}
             self._committed = self._batches
             if self._attempts:
                 for run_id in updates:
@@ -298,8 +311,7 @@ def _insert_rows(runs: list[TaskRun]) -> None:
     fields = [meta.get_field(name) for name in RECORD_FIELDS]
     columns = ", ".join(quote(field.column) for field in fields)
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))})"
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
     )
     rows = []
     for run in runs:

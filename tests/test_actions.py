@@ -253,3 +253,22 @@ async def test_a_run_cancelled_while_its_record_is_written_never_reaches_its_que
     assert not lifecycle.withdraw(run_id)  # nothing in flight any more
     await get_queues().configure("w", scheduled_size=1)
     await make("w")  # its reserved slot was given back: the one slot is free
+
+
+async def test_a_failure_reported_while_cancelling_ends_cancelled_not_retried():
+    run, _ = await running(empirical_policy={"retries": 3})
+    await actions.cancel(run.id)
+    done = await lifecycle.fail("c1", run.id, BOOM, "w1")
+    assert done.state_type == "CANCELLED"
+    assert await queued("k") == 0 and (await row("k"))["deferred"] == 0
+
+
+async def test_the_writer_shows_a_change_not_yet_written_to_a_cancel():
+    run, _ = await running()
+    done = await lifecycle.complete("c1", run.id, 1, "w1")  # written behind, not flushed
+    assert writer.latest_state(run.id) == "COMPLETED" == done.state_type
+    await writer.flush()
+    assert writer.latest_state(run.id) is None  # the record shows it now
+    with pytest.raises(AlreadyFinished, match="is COMPLETED"):
+        await actions.cancel(run.id)
+    assert (await recorded(run.id)).state_type == "COMPLETED"

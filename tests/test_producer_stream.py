@@ -185,6 +185,24 @@ async def test_answers_carry_the_ref_and_come_once_durable():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("serving")
+async def test_a_run_over_the_size_limit_is_answered_413_and_the_stream_stays_open():
+    with override_settings(TASKQUEUE={"MAX_MESSAGE_BYTES": 2000}):
+        comm = WebsocketCommunicator(application, PATH, subprotocols=["taskqueue.producer"])
+        assert (await comm.connect(WAIT))[0]
+        await comm.send_json_to({"type": "auth", "token": None})
+        assert await comm.receive_json_from(WAIT) == {"type": "auth_success"}
+        big = body("asgi.big", parameters={"x": "y" * 3000})
+        await comm.send_json_to({"type": "create", "ref": 1, "run": big})
+        answer = await comm.receive_json_from(WAIT)
+        assert (answer["ref"], answer["status"]) == (1, 413)
+        assert "MAX_MESSAGE_BYTES" in answer["error"]
+        await comm.send_json_to({"type": "create", "ref": 2, "run": body("asgi.big")})
+        assert (await comm.receive_json_from(WAIT))["status"] == 201
+        await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("serving")
 async def test_a_client_that_offers_no_subprotocol_is_refused():
     comm = WebsocketCommunicator(application, PATH)
     connected, code = await comm.connect(WAIT)

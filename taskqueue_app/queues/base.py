@@ -8,12 +8,15 @@ their state: that is the lifecycle's job.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from ..errors import QueueFull
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "LANES",
@@ -180,7 +183,10 @@ class Queues:
     def _hear(self, holder: str, message: str) -> None:
         callback = self._listeners.get(holder)
         if callback is not None:
-            callback(message)
+            try:
+                callback(message)
+            except Exception:  # one connection's trouble must not stop the notices of others
+                logger.exception("a notice for connection %s failed", holder)
 
     # -- the site --------------------------------------------------------------------------------
 
