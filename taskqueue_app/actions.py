@@ -9,7 +9,10 @@ meanwhile is never overruled, and changes it through the same steps as the lifec
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from . import lifecycle, metrics, orphans, protocol
 from .errors import AlreadyFinished, Orphaned, error_type
@@ -52,6 +55,7 @@ class _Hands:
 
 
 _hands = _Hands()
+T = TypeVar("T")
 
 
 def reset() -> None:
@@ -60,20 +64,31 @@ def reset() -> None:
     _hands = _Hands()
 
 
+T = TypeVar("T")
+
+
+def _completes(action: Callable[[uuid.UUID], Awaitable[T]]) -> Callable[[uuid.UUID], Awaitable[T]]:
+    """Shield an operator's action: once begun, it completes even if its caller gives up (an
+    HTTP client gone, the admin's call timing out), so no half-done change is left behind."""
+
+    @functools.wraps(action)
+    async def shielded(run_id: uuid.UUID) -> T:
+        return await asyncio.shield(action(run_id))
+
+    return shielded
+
+
 async def _live_holders() -> set[str]:
     return {connection.holder for connection in await get_queues().connections()}
 
 
+@_completes
 async def retry(run_id: uuid.UUID) -> TaskRun | None:
     """Put a finished run into its key's retry lane now; None if there is no such run.
 
     Raises ``NotFinishedError`` unless it is FAILED, CRASHED or CANCELLED, and
     ``QueueFullError`` when the retry lane is full.
     """
-    return await asyncio.shield(_retry(run_id))
-
-
-async def _retry(run_id: uuid.UUID) -> TaskRun | None:
     queues = get_queues()
     async with _hands.lock:
         run = await lifecycle.get(run_id)
@@ -103,19 +118,6 @@ async def _retry(run_id: uuid.UUID) -> TaskRun | None:
     return again
 
 
-async def cancel(run_id: uuid.UUID) -> TaskRun | None:
-    """Cancel a run; None if there is no such run, ``AlreadyFinished`` if it finished.
-
-    A run waiting (queued, deferred, backlogged), or in a worker's hands but not started, is
-    CANCELLED at once (a worker that has it is told to drop it). A running one stays RUNNING,
-    named ``Cancelling`` (``state_details.cancel_requested``), until its worker confirms; if the
-    worker vanishes first, it ends CANCELLED rather than crashed and retried. A run no live
-    connection holds (stranded, or handed over to a client that reports nothing) is CANCELLED.
-    """
-    # Shielded: once begun, an operator's action completes even if its caller gives up.
-    return await asyncio.shield(_cancel(run_id))
-
-
 def _finished(run_id: uuid.UUID, state: str) -> AlreadyFinished:
     return AlreadyFinished(
         f"run {run_id} is {state}: it has already finished, so there is nothing to cancel"
@@ -134,7 +136,16 @@ async def _current(run_id: uuid.UUID) -> TaskRun | None:
     return run
 
 
-async def _cancel(run_id: uuid.UUID) -> TaskRun | None:
+@_completes
+async def cancel(run_id: uuid.UUID) -> TaskRun | None:
+    """Cancel a run; None if there is no such run, ``AlreadyFinished`` if it finished.
+
+    A run waiting (queued, deferred, backlogged), or in a worker's hands but not started, is
+    CANCELLED at once (a worker that has it is told to drop it). A running one stays RUNNING,
+    named ``Cancelling`` (``state_details.cancel_requested``), until its worker confirms; if the
+    worker vanishes first, it ends CANCELLED rather than crashed and retried. A run no live
+    connection holds (stranded, or handed over to a client that reports nothing) is CANCELLED.
+    """
     queues = get_queues()
     async with _hands.lock:
         run = await _current(run_id)
@@ -178,15 +189,12 @@ async def _cancel(run_id: uuid.UUID) -> TaskRun | None:
         return await _recorded(done)
 
 
+@_completes
 async def give_back(run_id: uuid.UUID) -> TaskRun | None:
     """Give back a run stranded with a vanished worker without waiting for ``ORPHAN_TIMEOUT``:
     a RUNNING one crashes (retried if it may be), a PENDING one goes to the front of its retry
     lane. None if there is no such run; ``NotStrandedError`` unless it is PENDING or RUNNING
     with no live connection holding it."""
-    return await asyncio.shield(_give_back(run_id))
-
-
-async def _give_back(run_id: uuid.UUID) -> TaskRun | None:
     queues = get_queues()
     async with _hands.lock:
         run = await lifecycle.get(run_id)

@@ -19,23 +19,9 @@ from taskqueue_app.records import writer
 from taskqueue_app.schemas import TaskRun, now
 from taskqueue_app.testing import claim, queued, take_now
 from taskqueue_app.testing import queue_row as row
-from tests.lifecycle_helpers import BOOM, make, recorded
+from tests.lifecycle_helpers import BOOM, make, recorded, running
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def running(key: str = "k", holder: str = "c1", **fields) -> tuple[TaskRun, list[str]]:
-    """A run started by a live connection ``holder`` of worker ``w1``, and the notices it hears."""
-    run = await make(key, **fields)
-    queues = get_queues()
-    await queues.connect(holder, "w1", [key])
-    heard: list[str] = []
-    queues.listen(holder, heard.append)
-    await claim(key, holder)
-    await lifecycle.acknowledge(holder, run.id, "w1", True)
-    started = await lifecycle.start(holder, run.id, "w1")
-    assert started is not None and started.state_type == "RUNNING"
-    return started, heard
 
 
 async def failed(key: str = "k") -> TaskRun:

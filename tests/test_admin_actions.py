@@ -24,7 +24,7 @@ from taskqueue_app.queues import RETRY, get_queues
 from taskqueue_app.schemas import TaskRun
 from taskqueue_app.testing import claim, queued
 from taskqueue_app.testing import queue_row as row
-from tests.lifecycle_helpers import BOOM, make, recorded
+from tests.lifecycle_helpers import BOOM, make, recorded, running
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("serving")]
 
@@ -87,20 +87,6 @@ async def failed(key: str = "k") -> TaskRun:
     await claim(key, "c1")
     await lifecycle.start("c1", run.id, "w1")
     return await lifecycle.fail("c1", run.id, BOOM)
-
-
-async def running(key: str = "k", holder: str = "c1") -> tuple[TaskRun, list[str]]:
-    """A run started by live connection ``holder`` of worker ``w1``, and what that hears."""
-    run = await make(key)
-    queues = get_queues()
-    await queues.connect(holder, "w1", [key])
-    heard: list[str] = []
-    queues.listen(holder, heard.append)
-    await claim(key, holder)
-    await lifecycle.acknowledge(holder, run.id, "w1", True)
-    started = await lifecycle.start(holder, run.id, "w1")
-    assert started is not None and started.state_type == "RUNNING"
-    return started, heard
 
 
 # -- retry ------------------------------------------------------------------------------------
