@@ -7,7 +7,7 @@ import http.client
 import json
 import threading
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from ..errors import AlreadyFinished, QueueFull
 from ..schemas import ValidationError
@@ -25,11 +25,17 @@ class EnqueueError(Exception):
         self.status = status
 
 
-def _connection(base: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    """This thread's kept-alive connection to ``base`` and the API's base path."""
+def split_api_url(base: str) -> SplitResult:
+    """The parts of the API base ``base`` (``SERVER_URL``); ``EnqueueError`` unless http(s)."""
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise EnqueueError(f"TASKQUEUE['SERVER_URL'] must be an http(s) URL, not {base!r}")
+    return parts
+
+
+def _connection(base: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """This thread's kept-alive connection to ``base`` and the API's base path."""
+    parts = split_api_url(base)
     connections = getattr(_local, "connections", None)
     if connections is None:
         connections = _local.connections = {}

@@ -16,7 +16,7 @@ import json
 import os
 import threading
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -27,7 +27,7 @@ from websockets.exceptions import (
 )
 from websockets.typing import Subprotocol
 
-from .http import EnqueueError, run_or_raise
+from .http import EnqueueError, run_or_raise, split_api_url
 
 __all__ = ["ProducerStream", "stream_for"]
 
@@ -49,9 +49,7 @@ def stream_for(base: str, token: str | None, timeout: float) -> ProducerStream:
 
 def stream_url(base: str) -> str:
     """The producer stream's WebSocket URL under the API base ``base`` (http -> ws)."""
-    parts = urlsplit(base)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise EnqueueError(f"TASKQUEUE['SERVER_URL'] must be an http(s) URL, not {base!r}")
+    parts = split_api_url(base)
     scheme = "wss" if parts.scheme == "https" else "ws"
     path = parts.path.rstrip("/") + "/task_runs/stream"
     return urlunsplit((scheme, parts.netloc, path, "", ""))
