@@ -35,9 +35,9 @@ from bench.peers.ours_peer import (
     wait_for_worker,
 )
 from bench.peers.redis_server import stop
+from bench.scale_out import burst_config
 
 NAME = "postgres"
-LIMIT = 10
 KEY = "bench.peers.ours.noop"
 
 
@@ -71,16 +71,7 @@ class PgRecords(Records):
 
 
 def _config(quick: bool) -> dict[str, Any]:
-    return {
-        "quick": quick,
-        "repeats": 3,
-        "runs": 1_000 if quick else 4_000,
-        "paced_runs": 100 if quick else 300,
-        "paced_rate": 100,
-        "producers": 4,
-        "limit": LIMIT,
-        "restore_runs": 5_000 if quick else 20_000,
-    }
+    return {**burst_config(quick), "restore_runs": 5_000 if quick else 20_000}
 
 
 def _server(tmp: Path, database: str, pg: Any):

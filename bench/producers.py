@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.peers import phases
 from bench.peers.celery_peer import measure_celery
 from bench.peers.common import measured_or_skipped
 from bench.peers.ours_peer import Records, server, start_worker, wait_for_worker
 from bench.peers.redis_server import stop
-from bench.scale_out import PRODUCERS, burst_producers, paced_producer
+from bench.scale_out import burst_config, producer_phases
 
 NAME = "producers"
-LIMIT = 10
 TRANSPORTS = ("websocket", "http")
 # (result key, transport, ASGI server): the default path, the path before it, and both under
 # Uvicorn beside Daphne.
@@ -36,19 +34,6 @@ SYSTEMS = (
     ("uvicorn_websocket", "websocket", "uvicorn"),
     ("uvicorn_http", "http", "uvicorn"),
 )
-
-
-def _config(quick: bool) -> dict[str, Any]:
-    return {
-        "quick": quick,
-        "repeats": 3,
-        "runs": 1_000 if quick else 4_000,
-        "paced_runs": 100 if quick else 300,
-        "paced_rate": 100,
-        "warmup": 50,
-        "producers": PRODUCERS,
-        "limit": LIMIT,
-    }
 
 
 def measure_ours(
@@ -72,27 +57,12 @@ def measure_ours(
             "TASKQUEUE_SERVER_URL": daphne.api_url,
             "BENCH_TRANSPORT": transport,
         }
-        records.collect(paced_producer(env, config["warmup"], 500))
-        latencies, _ = records.collect(
-            paced_producer(env, config["paced_runs"], config["paced_rate"])
-        )
-        pid = [daphne.process.pid]
-        repeats = []
-        for _ in range(config["repeats"]):
-            before = phases.cpu_seconds(pid)
-            started, ids = burst_producers(env, config["runs"], config["producers"])
-            records.wait(ids)
-            after = phases.cpu_seconds(pid)
-            burst_latencies, finished = records.collect(ids)
-            one = phases.summary(burst_latencies, started, finished)
-            one["server_cpu_ms_per_run"] = 1000 * (after - before) / config["runs"]
-            repeats.append(one)
+        cpu = {"server_cpu_ms_per_run": [daphne.process.pid]}
+        return producer_phases(env, records, config, cpu)
     finally:
         stop(worker)
         daphne.stop()
         log.close()
-    burst = phases.median_burst(repeats, ("server_cpu_ms_per_run",))
-    return {"paced": phases.summary(latencies), "burst": burst}
 
 
 def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,7 +87,7 @@ def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(quick: bool) -> dict[str, Any]:
     common.setup_django()
-    config = _config(quick)
+    config = burst_config(quick)
     result: dict[str, Any] = {"config": config}
     with tempfile.TemporaryDirectory(prefix="taskqueue-producers-") as name:
         tmp = Path(name)

@@ -28,7 +28,9 @@ NAME = "scale_out"
 PRODUCERS, LIMIT = 4, 10
 
 
-def _config(quick: bool) -> dict[str, Any]:
+def burst_config(quick: bool) -> dict[str, Any]:
+    """The phases of the stages that drive producers (``scale_out``, ``producers``,
+    ``postgres``): 3 bursts, 4 producers, a worker ``--limit 10``, runs paced at 100/s."""
     return {
         "quick": quick,
         "repeats": 3,
@@ -72,6 +74,27 @@ def burst_producers(env: dict[str, str], count: int, producers: int) -> tuple[fl
         ids += json.loads(process.stdout.readline())
         process.wait(60)
     return started, ids
+
+
+def producer_phases(
+    env: dict[str, str], records: Any, config: dict[str, Any], cpu: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Warm-up, paced runs and bursts from producer processes run with ``env``; the paced and
+    median burst summaries, with the CPU ms per run of each ``cpu`` field's processes."""
+    records.collect(paced_producer(env, config["warmup"], 500))
+    latencies, _ = records.collect(paced_producer(env, config["paced_runs"], config["paced_rate"]))
+    repeats = []
+    for _ in range(config["repeats"]):
+        before = {field: phases.cpu_seconds(pids) for field, pids in cpu.items()}
+        started, ids = burst_producers(env, config["runs"], config["producers"])
+        records.wait(ids)
+        after = {field: phases.cpu_seconds(pids) for field, pids in cpu.items()}
+        burst_latencies, finished = records.collect(ids)
+        one = phases.summary(burst_latencies, started, finished)
+        for field in cpu:
+            one[field] = 1000 * (after[field] - before[field]) / config["runs"]
+        repeats.append(one)
+    return {"paced": phases.summary(latencies), "burst": phases.median_burst(repeats, tuple(cpu))}
 
 
 def measure_ours_on_redis(config: dict[str, Any], tmp: Path, pg: Any = None) -> dict[str, Any]:
@@ -118,22 +141,11 @@ def measure_ours_on_redis(config: dict[str, Any], tmp: Path, pg: Any = None) -> 
                 "DJANGO_SETTINGS_MODULE": "bench.peers.ours_settings",
                 "TASKQUEUE_SERVER_URL": "",
             }
-            records.collect(paced_producer(producer_env, config["warmup"], 500))
-            latencies, _ = records.collect(
-                paced_producer(producer_env, config["paced_runs"], config["paced_rate"])
-            )
-            pids = [s.process.pid for s in servers]
-            repeats = []
-            for _ in range(config["repeats"]):
-                before = (phases.cpu_seconds(pids), phases.cpu_seconds([redis.pid]))
-                started, ids = burst_producers(producer_env, config["runs"], config["producers"])
-                records.wait(ids)
-                after = (phases.cpu_seconds(pids), phases.cpu_seconds([redis.pid]))
-                burst_latencies, finished = records.collect(ids)
-                one = phases.summary(burst_latencies, started, finished)
-                one["server_cpu_ms_per_run"] = 1000 * (after[0] - before[0]) / config["runs"]
-                one["redis_cpu_ms_per_run"] = 1000 * (after[1] - before[1]) / config["runs"]
-                repeats.append(one)
+            cpu = {
+                "server_cpu_ms_per_run": [s.process.pid for s in servers],
+                "redis_cpu_ms_per_run": [redis.pid],
+            }
+            return producer_phases(producer_env, records, config, cpu)
         finally:
             for worker in workers:
                 stop(worker)
@@ -141,8 +153,6 @@ def measure_ours_on_redis(config: dict[str, Any], tmp: Path, pg: Any = None) -> 
                 daphne.stop()
             for log in logs:
                 log.close()
-    burst = phases.median_burst(repeats, ("server_cpu_ms_per_run", "redis_cpu_ms_per_run"))
-    return {"paced": phases.summary(latencies), "burst": burst}
 
 
 def _targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,7 +180,7 @@ def _on_postgres(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
 def run(quick: bool) -> dict[str, Any]:
     common.setup_django()
-    config = _config(quick)
+    config = burst_config(quick)
     with tempfile.TemporaryDirectory(prefix="taskqueue-scale-") as name:
         tmp = Path(name)
         common.progress(f"{NAME}: ours on Redis, 2 servers, {config['producers']} producers")
