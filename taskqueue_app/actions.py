@@ -166,14 +166,13 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
         held, holder = found.run, found.holder
         live = holder in await _live_holders()
         if live and held.state_type == StateType.RUNNING:
-            again = await queues.find_held(run_id)
-            if again is None or again.holder != holder:  # its worker settled it meanwhile
+            asking = held.with_state(StateType.RUNNING, CANCELLING)
+            # Only over the very copy looked at: an outcome that settled it meanwhile wins.
+            if not await queues.swap(holder, held, asking):
                 run = await _current(run_id)
                 if run is None:
                     return None
                 return await _recorded(lifecycle.finish_cancelled(run, run.worker or None))
-            asking = held.with_state(StateType.RUNNING, CANCELLING)
-            await queues.hold(holder, asking)
             writer.update(asking)
             await queues.notify(holder, protocol.cancel(run_id))
             return await _recorded(asking)

@@ -15,6 +15,7 @@ from .conf import taskqueue_settings
 from .protocol import ProtocolError, Subscription
 from .queues import Queues, get_queues
 from .records import writer
+from .schemas import TaskRun
 from .sockets import DirectWebsocketConsumer
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
         self.unacked: dict[uuid.UUID, float] = {}
         # Runs in the worker's hands in any state (sent, acked, started), for ``limit``.
         self.holding: set[uuid.UUID] = set()
+        # The copy of each run this connection last put in the engine's hands: an ack or an
+        # outcome then checks and changes it in one engine call (``Queues.swap``), no lookup.
+        self.copies: dict[uuid.UUID, TaskRun] = {}
         # Reports to confirm with ``recorded`` once their writes are durable, and the task that
         # sends those confirmations (one per connection, a batch per commit).
         self.to_confirm: list[tuple[uuid.UUID, str]] = []
@@ -190,10 +194,12 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
         assert self.subscription is not None
         watch = self.subscription.reports_outcomes
         pending = await lifecycle.acknowledge(
-            self.conn_id, run_id, self.subscription.client_id, watch
+            self.conn_id, run_id, self.subscription.client_id, watch, self.copies.pop(run_id, None)
         )
         if pending is not None:
             metrics.acked(pending.task_key, sent_at)
+            if watch:
+                self.copies[run_id] = pending
         if not watch:
             self.holding.discard(run_id)  # handed over: no longer ours to count
         self._add_credits(1)
@@ -207,8 +213,9 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
         if sent_at is not None:
             self._add_credits(1)
         client_id = self.subscription.client_id
+        known = self.copies.pop(run_id, None)
         if kind == "started":
-            running = await lifecycle.start(self.conn_id, run_id, client_id)
+            running = await lifecycle.start(self.conn_id, run_id, client_id, known)
             if running is None:
                 # Finished already, or another live worker has it: this one must not run it.
                 self.holding.discard(run_id)
@@ -218,13 +225,16 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
             if sent_at is not None:
                 metrics.acked(running.task_key, sent_at)
             self.holding.add(run_id)  # a run resumed after a reconnect counts here too
+            self.copies[run_id] = running
         else:
             if kind == "completed":
-                await lifecycle.complete(self.conn_id, run_id, message.get("result"), client_id)
+                result = message.get("result")
+                await lifecycle.complete(self.conn_id, run_id, result, client_id, known)
             elif kind == "failed":
-                await lifecycle.fail(self.conn_id, run_id, protocol.error_of(message), client_id)
+                error = protocol.error_of(message)
+                await lifecycle.fail(self.conn_id, run_id, error, client_id, known)
             else:
-                await lifecycle.cancelled(self.conn_id, run_id, client_id)
+                await lifecycle.cancelled(self.conn_id, run_id, client_id, known)
             if run_id in self.holding:
                 self.holding.discard(run_id)
                 self._add_credits(0)  # a slot under ``limit`` is free again
@@ -278,6 +288,7 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
                 run = await queues.claim(self.conn_id, keys)
                 self.unacked[run.id] = time.monotonic()
                 self.holding.add(run.id)
+                self.copies[run.id] = run
                 self.credits -= 1
                 await self.send(text_data=run.to_json())
                 await queues.touch(self.conn_id)
@@ -334,5 +345,6 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
         await self.queues.disconnect(self.conn_id)
         self.unacked.clear()
         self.holding.clear()
+        self.copies.clear()
         if give_back:
             await lifecycle.disconnect(self.conn_id)

@@ -60,37 +60,48 @@ HANDED_OVER = "Delivered"
 
 
 async def acknowledge(
-    holder: str, run_id: uuid.UUID, client_id: str, watch: bool
+    holder: str,
+    run_id: uuid.UUID,
+    client_id: str,
+    watch: bool,
+    known: TaskRun | None = None,
 ) -> TaskRun | None:
     """A worker acked a run it holds: it becomes PENDING.
 
     Without ``watch`` the ack hands the run over (Prefect's rule): PENDING ``Delivered``, the
     worker's for good, never given back. With ``watch`` the run stays held by ``holder`` until
-    the worker reports ``started``, so a vanished worker gives it back.
+    the worker reports ``started``, so a vanished worker gives it back. ``known`` is the copy
+    the connection was last handed, if it kept it: then one engine call checks and changes it.
     """
     queues = get_queues()
-    found = await queues.find_held(run_id)
-    if found is None or found.holder != holder:
-        return None  # settled elsewhere after this copy was sent: keep the record as it is
     name = "Pending" if watch else HANDED_OVER
-    pending = found.run.with_state(StateType.PENDING, name, worker=client_id)
-    if watch:
-        await queues.hold(holder, pending)  # replaces the SCHEDULED copy, in place
-    else:
-        await queues.ack(holder, run_id)
+    while True:
+        if known is None:
+            found = await queues.find_held(run_id)
+            if found is None or found.holder != holder:
+                return None  # settled elsewhere after this copy was sent: keep the record
+            known = found.run
+        pending = known.with_state(StateType.PENDING, name, worker=client_id)
+        # With ``watch`` it replaces the SCHEDULED copy, in place.
+        if await queues.swap(holder, known, pending if watch else None):
+            break
+        known = None  # changed meanwhile (an operator's cancel): look again
     writer.update(pending, "worker")
     return pending
 
 
 async def _locate(
-    holder: str, run_id: uuid.UUID, client_id: str | None = None
+    holder: str, run_id: uuid.UUID, client_id: str | None = None, known: TaskRun | None = None
 ) -> tuple[TaskRun | None, str | None]:
     """The run an outcome of ``holder`` is about, and the connection that holds that copy: its
-    own copy first, else the record (and no holder).
+    own copy first (``known``, if the connection kept it: no lookup), else the record (and no
+    holder).
 
     None when another worker's connection has acked or started it (it must not be overruled);
     a copy an earlier connection of the same worker (``client_id``) still holds is this one's.
     """
+    if known is not None:
+        return known, holder
     found = await get_queues().find_held(run_id)
     if found is not None:
         if found.holder == holder:
@@ -117,26 +128,34 @@ async def _drop_waiting_copy(holder: str, run: TaskRun) -> None:
         await queues.ack(found.holder, run.id)  # its ack will then find nothing to change
 
 
-async def _take_over(holder: str, run_id: uuid.UUID, client_id: str | None) -> TaskRun | None:
+async def _take_over(
+    holder: str, run_id: uuid.UUID, client_id: str | None, known: TaskRun | None = None
+) -> TaskRun | None:
     """The run an outcome is about, out of the worker's hands; None for a stale outcome.
 
     A run marked CRASHED when its worker's connection dropped still takes that worker's late
     outcome (it reports after reconnecting): the work was done, and CRASHED was our guess.
     """
-    run, held_by = await _locate(holder, run_id, client_id)
-    if run is None:
-        return None
-    if run.state_type in TERMINAL_STATES and not (
-        run.state_type == StateType.CRASHED and client_id and run.worker == client_id
-    ):
-        return None
-    if held_by is None:  # a copy held is the only one: nothing waits elsewhere
-        await _drop_waiting_copy(holder, run)
-    await get_queues().ack(held_by or holder, run_id)
-    return run
+    while True:
+        run, held_by = await _locate(holder, run_id, client_id, known)
+        if run is None:
+            return None
+        if run.state_type in TERMINAL_STATES and not (
+            run.state_type == StateType.CRASHED and client_id and run.worker == client_id
+        ):
+            return None
+        if held_by is None:  # a copy held is the only one: nothing waits elsewhere
+            await _drop_waiting_copy(holder, run)
+            await get_queues().ack(holder, run_id)
+            return run
+        if await get_queues().swap(held_by, run, None):
+            return run
+        known = None  # changed meanwhile (an operator's cancel): look again
 
 
-async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | None:
+async def start(
+    holder: str, run_id: uuid.UUID, client_id: str, known: TaskRun | None = None
+) -> TaskRun | None:
     """The worker starts the run: RUNNING, one more attempt counted; it stays held by the
     connection, which crashes it if it vanishes before an outcome.
 
@@ -144,31 +163,43 @@ async def start(holder: str, run_id: uuid.UUID, client_id: str) -> TaskRun | Non
     that reconnects and says ``started`` again for a run it is running resumes it: held by the
     new connection, no attempt counted twice.
     """
-    run, held_by = await _locate(holder, run_id, client_id)
-    if run is None or run.state_type in TERMINAL_STATES:
-        return None
-    if run.state_type == StateType.RUNNING and run.worker == client_id:
-        await get_queues().hold(holder, run)  # moved from an earlier connection, if any
-        return run
-    if held_by is None:  # a copy held is the only one: nothing waits elsewhere
-        await _drop_waiting_copy(holder, run)
-    stamp = now()
-    running = run.with_state(
-        StateType.RUNNING,
-        "Running",
-        run_count=run.run_count + 1,
-        started=stamp,
-        worker=client_id,
-        attempts=begun(run.attempts, client_id, stamp),
-    )
-    await get_queues().hold(holder, running)
+    queues = get_queues()
+    while True:
+        run, held_by = await _locate(holder, run_id, client_id, known)
+        known = None
+        if run is None or run.state_type in TERMINAL_STATES:
+            return None
+        if run.state_type == StateType.RUNNING and run.worker == client_id:
+            await queues.hold(holder, run)  # moved from an earlier connection, if any
+            return run
+        if held_by is None:  # a copy held is the only one: nothing waits elsewhere
+            await _drop_waiting_copy(holder, run)
+        stamp = now()
+        running = run.with_state(
+            StateType.RUNNING,
+            "Running",
+            run_count=run.run_count + 1,
+            started=stamp,
+            worker=client_id,
+            attempts=begun(run.attempts, client_id, stamp),
+        )
+        if held_by != holder:  # from the record, or from an earlier connection: taken over
+            await queues.hold(holder, running)
+            break
+        if await queues.swap(holder, run, running):
+            break
+        # Changed meanwhile (an operator's cancel): look again.
     writer.update(running, "run_count", "started", "worker", "attempts")
     metrics.started(running)
     return running
 
 
 async def complete(
-    holder: str, run_id: uuid.UUID, result: Any, client_id: str | None = None
+    holder: str,
+    run_id: uuid.UUID,
+    result: Any,
+    client_id: str | None = None,
+    known: TaskRun | None = None,
 ) -> TaskRun | None:
     """The run finished: COMPLETED with its JSON result (FAILED if the database cannot store
     that result: a lone surrogate, a NUL)."""
@@ -176,8 +207,8 @@ async def complete(
         check_storable(result, "the result")
     except ValidationError as exc:
         error = {"type": UNSTORABLE_RESULT, "message": str(exc), "traceback": None}
-        return await fail(holder, run_id, error, client_id)
-    run = await _take_over(holder, run_id, client_id)
+        return await fail(holder, run_id, error, client_id, known)
+    run = await _take_over(holder, run_id, client_id, known)
     if run is None:
         return None
     stamp = now()
@@ -217,10 +248,14 @@ async def _retry_or_finish(
 
 
 async def fail(
-    holder: str, run_id: uuid.UUID, error: Any, client_id: str | None = None
+    holder: str,
+    run_id: uuid.UUID,
+    error: Any,
+    client_id: str | None = None,
+    known: TaskRun | None = None,
 ) -> TaskRun | None:
     """The run raised: retried after ``retry_delay_seconds`` if retries are left, else FAILED."""
-    run = await _take_over(holder, run_id, client_id)
+    run = await _take_over(holder, run_id, client_id, known)
     if run is None:
         return None
     if run.state_name == CANCELLING:
@@ -229,10 +264,12 @@ async def fail(
     return await _retry_or_finish(run, StateType.FAILED, "Failed", error, client_id)
 
 
-async def cancelled(holder: str, run_id: uuid.UUID, client_id: str | None = None) -> TaskRun | None:
+async def cancelled(
+    holder: str, run_id: uuid.UUID, client_id: str | None = None, known: TaskRun | None = None
+) -> TaskRun | None:
     """The worker stopped (or never started) a run it was told to cancel: CANCELLED, unless it
     was no longer this worker's to cancel."""
-    run = await _take_over(holder, run_id, client_id)
+    run = await _take_over(holder, run_id, client_id, known)
     if run is None:
         return None
     return finish_cancelled(run, client_id)

@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connection
 
-from taskqueue_app import creating, lifecycle
+from taskqueue_app import actions, creating, lifecycle
 from taskqueue_app.models import TaskRunRecord
 from taskqueue_app.queues import get_queues
 from taskqueue_app.records import writer
@@ -111,3 +111,42 @@ async def test_a_late_outcome_of_a_crashed_run_counts_only_from_its_worker():
     done = await lifecycle.complete("c3", run.id, 2, "w1")
     assert done is not None and done.state_type == "COMPLETED"
     assert (await recorded(run.id)).result == 2
+
+
+# -- a connection's kept copy gone stale (``known``): the change made meanwhile wins -----------
+
+
+async def test_an_ack_over_a_copy_cancelled_meanwhile_changes_nothing():
+    run, _ = await lifecycle.create({"task_key": "k"})
+    sent = await claim("k", "c1")
+    await actions.cancel(run.id)  # sent, not started: CANCELLED at once, out of c1's hands
+    assert await lifecycle.acknowledge("c1", run.id, "w1", True, known=sent) is None
+    assert await lifecycle.start("c1", run.id, "w1", known=sent) is None
+    assert await get_queues().find_held(run.id) is None
+    assert (await recorded(run.id)).state_type == "CANCELLED"
+
+
+async def test_a_failure_over_a_copy_an_operator_changed_ends_cancelled_not_retried():
+    run, _ = await lifecycle.create({"task_key": "k", "empirical_policy": {"retries": 3}})
+    await get_queues().connect("c1", "w1", ["k"])  # live: a cancel asks, it does not end it
+    sent = await claim("k", "c1")
+    pending = await lifecycle.acknowledge("c1", run.id, "w1", True, known=sent)
+    started = await lifecycle.start("c1", run.id, "w1", known=pending)
+    assert (await get_queues().find_held(run.id)).run.state_type == "RUNNING"
+    await actions.cancel(run.id)  # the held copy is now Cancelling; ``started`` is stale
+    done = await lifecycle.fail("c1", run.id, BOOM, "w1", known=started)
+    assert (done.state_type, (await recorded(run.id)).state_type) == ("CANCELLED", "CANCELLED")
+    assert await get_queues().find_held(run.id) is None
+    assert await queued("k") == 0
+
+
+async def test_an_outcome_over_a_kept_copy_takes_the_run_out_of_hand_in_one_step():
+    run, _ = await lifecycle.create({"task_key": "k"})
+    sent = await claim("k", "c1")
+    pending = await lifecycle.acknowledge("c1", run.id, "w1", True, known=sent)
+    assert (await get_queues().find_held(run.id)).run.state_name == "Pending"
+    started = await lifecycle.start("c1", run.id, "w1", known=pending)
+    done = await lifecycle.complete("c1", run.id, 7, "w1", known=started)
+    assert done.state_type == "COMPLETED" and done.run_count == 1
+    assert await get_queues().find_held(run.id) is None
+    assert (await recorded(run.id)).result == 7

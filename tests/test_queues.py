@@ -303,6 +303,43 @@ async def test_hold_replaces_a_copy_in_place_and_moves_a_run_between_holders(
     assert (await engine.find_held(second.id)).holder == "other"
 
 
+async def test_swap_replaces_or_forgets_only_the_copy_the_holder_still_holds(
+    engine,  # noqa: F811
+):
+    first, second = make_run(), make_run()
+    await engine.enqueue(first)
+    await engine.enqueue(second)
+    sent = await claim(engine, ["k"])
+    pending = sent.with_state(StateType.PENDING, "Pending")
+    assert await engine.swap("h", sent, pending)
+    assert (await engine.find_held(first.id)).run.state_type == StateType.PENDING
+    # The copy it was given is no longer the one held: nothing changes.
+    running = sent.with_state(StateType.RUNNING, "Running")
+    assert not await engine.swap("h", sent, running)
+    assert not await engine.swap("other", pending, running)  # not the holder
+    assert (await engine.find_held(first.id)).run.state_type == StateType.PENDING
+    assert await engine.swap("h", pending, running)
+    assert [r.state_type for r in await engine.held("h")] == [StateType.RUNNING]
+    # Forgetting the hold, as ack does: the run is nowhere, and the lanes are untouched.
+    assert await engine.swap("h", running, None)
+    assert await engine.find_held(first.id) is None
+    assert await engine.held("h") == []
+    assert not await engine.swap("h", running, None)
+    assert [r.id for r in await drain(engine, ["k"])] == [second.id]
+
+
+async def test_swap_after_another_holder_took_the_run_changes_nothing(engine):  # noqa: F811
+    run = make_run()
+    await engine.enqueue(run)
+    sent = await claim(engine, ["k"], holder="first")
+    await engine.release("first")
+    again = await claim(engine, ["k"], holder="second")
+    assert not await engine.swap("first", sent, sent.with_state(StateType.PENDING, "Pending"))
+    found = await engine.find_held(run.id)
+    assert (found.holder, found.run.state_type) == ("second", StateType.SCHEDULED)
+    assert await engine.swap("second", again, None)
+
+
 async def test_snapshot_counts_held_and_running_runs(engine):  # noqa: F811
     runs = [make_run() for _ in range(3)]
     for run in runs:

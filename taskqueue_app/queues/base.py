@@ -134,6 +134,17 @@ class Queues:
         """Forget that ``holder`` holds ``run_id``; the run it held, or None."""
         raise NotImplementedError
 
+    async def swap(self, holder: str, expected: Any, new: Any | None) -> bool:
+        """If ``holder`` still holds ``expected`` unchanged (the copy it was handed or last
+        held), replace it with ``new`` in one step, or with ``new=None`` forget the hold as
+        ``ack`` does; True if so. False, changing nothing, when that copy changed or went to
+        another holder meanwhile: the caller looks again with ``find_held``.
+
+        One round trip where a lookup and a ``hold`` would take two, and no change made in
+        between is overwritten.
+        """
+        raise NotImplementedError
+
     async def release(self, holder: str) -> list[Any]:
         """Put every run ``holder`` still holds back at the front of its key's retry lane (past
         the bound if need be), in claim order; the runs."""

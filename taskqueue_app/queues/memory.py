@@ -100,6 +100,16 @@ class MemoryQueues(Queues):
     async def ack(self, holder: str, run_id: Any) -> Any | None:
         return TaskQueue.ack(holder, run_id)
 
+    async def swap(self, holder: str, expected: Any, new: Any | None) -> bool:
+        current = TaskQueue.held_run(holder, expected.id)
+        if current is None or (current is not expected and current.to_json() != expected.to_json()):
+            return False
+        if new is None:
+            TaskQueue.ack(holder, expected.id)
+        else:
+            TaskQueue.hold(holder, new)
+        return True
+
     async def release(self, holder: str) -> list[Any]:
         return TaskQueue.release(holder)
 

@@ -49,7 +49,10 @@ def _code(lane: str) -> str:
 
 
 def _load(payload: Any) -> TaskRun:
-    return TaskRun.from_dict(json.loads(payload))
+    run = TaskRun.from_dict(json.loads(payload))
+    # The very text stored: sent to workers as it is, and what ``swap`` compares.
+    run._json = _text(payload)
+    return run
 
 
 class RedisQueues(Queues):
@@ -237,6 +240,13 @@ class RedisQueues(Queues):
     async def ack(self, holder: str, run_id: Any) -> Any | None:
         payload = await self._run("ack", holder, str(run_id))
         return _load(payload) if payload else None
+
+    async def swap(self, holder: str, expected: Any, new: Any | None) -> bool:
+        replacement, state = ("", "") if new is None else (new.to_json(), str(new.state_type))
+        swapped = await self._run(
+            "swap", holder, str(expected.id), expected.to_json(), replacement, state
+        )
+        return bool(swapped)
 
     async def release(self, holder: str) -> list[Any]:
         return [_load(payload) for payload in await self._run("release", holder)]

@@ -225,6 +225,21 @@ forget(id)
 return json
 """
 
+# ARGV 4..: holder, id, the JSON it should hold, the new JSON ("" to forget the hold) and state.
+# 1, or 0 (nothing changed) when the holder no longer holds exactly that copy.
+SWAP = """
+local holder, id, new = ARGV[4], ARGV[5], ARGV[7]
+if redis.call('HGET', P .. ':hj:' .. holder, id) ~= ARGV[6] then return 0 end
+if new == '' then
+  unhold(holder, id)
+  forget(id)
+else
+  redis.call('HSET', P .. ':runs', id, new)
+  hold(holder, id, new, ARGV[8])
+end
+return 1
+"""
+
 # ARGV 4: id. {holder, json} of who holds it, or false: one round trip.
 FIND = """
 local holder = redis.call('HGET', P .. ':holders', ARGV[4])
@@ -340,6 +355,7 @@ SCRIPTS = {
     "unclaim": UNCLAIM,
     "hold": HOLD,
     "ack": ACK,
+    "swap": SWAP,
     "release": RELEASE,
     "find": FIND,
     "cancel": CANCEL,
