@@ -57,10 +57,13 @@ def producer_process(env: dict[str, str], *args: str) -> subprocess.Popen:
 def paced_producer(env: dict[str, str], count: int, rate: float) -> list[str]:
     process = producer_process(env, "paced", str(count), str(rate))
     out, _ = process.communicate(timeout=600)
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])["ids"]
 
 
-def burst_producers(env: dict[str, str], count: int, producers: int) -> tuple[float, list[str]]:
+def burst_producers(
+    env: dict[str, str], count: int, producers: int
+) -> tuple[float, list[str], float]:
+    """Start, ids enqueued, and the producers' CPU seconds, of one burst of ``count`` runs."""
     shares = [count // producers + (i < count % producers) for i in range(producers)]
     processes = [producer_process(env, "burst", str(share)) for share in shares]
     for process in processes:
@@ -70,10 +73,13 @@ def burst_producers(env: dict[str, str], count: int, producers: int) -> tuple[fl
         process.stdin.write("go\n")
         process.stdin.flush()
     ids: list[str] = []
+    cpu = 0.0
     for process in processes:
-        ids += json.loads(process.stdout.readline())
+        answer = json.loads(process.stdout.readline())
+        ids += answer["ids"]
+        cpu += answer["cpu_s"]
         process.wait(60)
-    return started, ids
+    return started, ids, cpu
 
 
 def producer_phases(
@@ -86,15 +92,17 @@ def producer_phases(
     repeats = []
     for _ in range(config["repeats"]):
         before = {field: phases.cpu_seconds(pids) for field, pids in cpu.items()}
-        started, ids = burst_producers(env, config["runs"], config["producers"])
+        started, ids, producers_cpu = burst_producers(env, config["runs"], config["producers"])
         records.wait(ids)
         after = {field: phases.cpu_seconds(pids) for field, pids in cpu.items()}
         burst_latencies, finished = records.collect(ids)
         one = phases.summary(burst_latencies, started, finished)
         for field in cpu:
             one[field] = 1000 * (after[field] - before[field]) / config["runs"]
+        one["producer_cpu_ms_per_run"] = 1000 * producers_cpu / config["runs"]
         repeats.append(one)
-    return {"paced": phases.summary(latencies), "burst": phases.median_burst(repeats, tuple(cpu))}
+    fields = (*cpu, "producer_cpu_ms_per_run")
+    return {"paced": phases.summary(latencies), "burst": phases.median_burst(repeats, fields)}
 
 
 def measure_ours_on_redis(config: dict[str, Any], tmp: Path, pg: Any = None) -> dict[str, Any]:
@@ -144,6 +152,7 @@ def measure_ours_on_redis(config: dict[str, Any], tmp: Path, pg: Any = None) -> 
             cpu = {
                 "server_cpu_ms_per_run": [s.process.pid for s in servers],
                 "redis_cpu_ms_per_run": [redis.pid],
+                "worker_cpu_ms_per_run": [worker.pid for worker in workers],
             }
             return producer_phases(producer_env, records, config, cpu)
         finally:
@@ -205,7 +214,7 @@ def report(result: dict[str, Any]) -> str:
     for key, label in systems:
         entry = result.get(key) or {"skipped": "not run"}
         if "skipped" in entry:
-            rows.append([label, "—", "—", "—", "—", "—", f"skipped: {entry['skipped']}"])
+            rows.append([label, "—", "—", "—", "—", "—", "—", "—", f"skipped: {entry['skipped']}"])
             continue
         burst, paced = entry["burst"], entry["paced"]
         redis_cpu = burst.get("redis_cpu_ms_per_run", burst.get("server_cpu_ms_per_run"))
@@ -218,15 +227,27 @@ def report(result: dict[str, Any]) -> str:
                 fmt(paced["p99_ms"]),
                 fmt(redis_cpu),
                 fmt(daphne_cpu) if daphne_cpu else "—",
+                fmt(burst.get("worker_cpu_ms_per_run")),
+                fmt(burst.get("producer_cpu_ms_per_run")),
                 "repeats: "
                 + ", ".join(fmt(v) for v in burst.get("repeats_runs_per_s", []))
                 + " runs/s",
             ]
         )
     table = common.markdown_table(
-        ["system", "runs/s", "p50 ms", "p99 ms", "redis CPU ms/run", "Daphne CPU ms/run", "notes"],
+        [
+            "system",
+            "runs/s",
+            "p50 ms",
+            "p99 ms",
+            "redis CPU ms/run",
+            "Daphne CPU ms/run",
+            "workers CPU ms/run",
+            "producers CPU ms/run",
+            "notes",
+        ],
         rows,
-        "lrrrrrl",
+        "lrrrrrrrl",
     )
     config = result["config"]
     notes = [

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from typing import Any
@@ -94,7 +93,7 @@ def check_encodable(run: TaskRun, max_bytes: int | None = None) -> None:
     """Raise unless ``run`` has a JSON form (Python callers may pass any parameters) of at most
     ``max_bytes``; a run accepted but too large to send would bounce off every worker."""
     try:
-        encoded = json.dumps(run.to_dict(), separators=(",", ":"), allow_nan=False)
+        encoded = run.to_json(allow_nan=False)  # kept: the run is never encoded twice
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(f"parameters must be JSON-serializable: {exc}") from None
     # ensure_ascii (the default) makes the length of the text its length in bytes.

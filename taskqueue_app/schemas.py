@@ -177,10 +177,14 @@ class TaskRun:
             "task_inputs": {},
         }
 
-    def to_json(self) -> str:
-        """The JSON form (``to_dict``), compact; encoded once per run object."""
-        if self._json is None:
-            self._json = json.dumps(self.to_dict(), separators=(",", ":"))
+    def to_json(self, allow_nan: bool = True) -> str:
+        """The JSON form (``to_dict``), compact; encoded once per run object.
+
+        ``allow_nan=False`` encodes again, refusing NaN and infinities (``ValueError``): the
+        check of a new run, whose text is then the one every later call returns.
+        """
+        if self._json is None or not allow_nan:
+            self._json = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=allow_nan)
         return self._json
 
     @classmethod

@@ -3,9 +3,9 @@ bench.peers.ours_producer``): ``task.enqueue()`` with no server in this process,
 Redis and the database (the Redis engine), or to the server's producer stream or its HTTP API
 (the memory engine, ``TASKQUEUE_SERVER_URL`` set; ``BENCH_TRANSPORT`` picks).
 
-``paced COUNT RATE``: enqueue COUNT runs at RATE per second, print their ids (one JSON line).
-``burst COUNT``: connect, print ``ready``, wait for ``go`` on stdin, enqueue COUNT runs as fast as
-it can, print their ids. Each run's argument is its enqueue time (the no-op returns its delay).
+``paced COUNT RATE``: enqueue COUNT runs at RATE per second, print their ids (one JSON line,
+``{"ids": [...], "cpu_s": 0}``). ``burst COUNT``: connect, print ``ready``, wait for ``go`` on
+stdin, enqueue COUNT runs as fast as it can, print their ids and the CPU seconds that took. Each run's argument is its enqueue time (the no-op returns its delay).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
         url, token = taskqueue_settings.SERVER_URL, taskqueue_settings.AUTH_TOKEN
         stream_for(url, token, backend.timeout).open()
     mode, count = sys.argv[1], int(sys.argv[2])
+    cpu = 0.0
     if mode == "paced":
         rate, ids = float(sys.argv[3]), []
         start = time.perf_counter()
@@ -47,8 +48,10 @@ def main() -> None:
     else:
         print("ready", flush=True)
         sys.stdin.readline()
+        cpu = time.process_time()
         ids = [task.enqueue(time.time()).id for _ in range(count)]
-    print(json.dumps(ids), flush=True)
+        cpu = time.process_time() - cpu
+    print(json.dumps({"ids": ids, "cpu_s": cpu}), flush=True)
 
 
 if __name__ == "__main__":
