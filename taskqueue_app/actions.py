@@ -162,7 +162,7 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
             if run is None:
                 return None
             lifecycle.withdraw(run_id)  # a create in flight here will not queue it
-            return await _recorded(lifecycle.finish_cancelled(run, run.worker or None))
+            return await _recorded(lifecycle.finish_cancelled(run))
         held, holder = found.run, found.holder
         live = holder in await _live_holders()
         if live and held.state_type == StateType.RUNNING:
@@ -172,7 +172,7 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
                 run = await _current(run_id)
                 if run is None:
                     return None
-                return await _recorded(lifecycle.finish_cancelled(run, run.worker or None))
+                return await _recorded(lifecycle.finish_cancelled(run))
             writer.update(asking)
             await queues.notify(holder, protocol.cancel(run_id))
             return await _recorded(asking)
@@ -182,7 +182,7 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
             if run is None:
                 return None
             taken = run
-        done = lifecycle.finish_cancelled(taken, taken.worker or None)
+        done = lifecycle.finish_cancelled(taken)
         if live:
             await queues.notify(holder, protocol.cancel(run_id))  # drop it, do not start it
         return await _recorded(done)

@@ -277,7 +277,9 @@ async def cancelled(
 
 def finish_cancelled(run: TaskRun, worker: str | None = None) -> TaskRun:
     """Record ``run`` (out of every queue and hand already) CANCELLED; its attempt, if one
-    was running, ends here."""
+    was running, ends here. ``worker`` is the worker confirming it stopped the run: its attempt
+    ends here even where the server had guessed a crash. An operator's cancel names none, so
+    an earlier attempt keeps the error it ended with."""
     stamp = now()
     done = run.with_state(
         StateType.CANCELLED,

@@ -173,6 +173,17 @@ async def test_cancel_a_run_held_by_a_connection_that_is_gone_cancels_it_at_once
     assert await get_queues().find_held(run.id) is None
 
 
+async def test_cancel_of_a_retry_sent_again_to_the_same_worker_keeps_the_crash_it_follows():
+    run, _ = await running(empirical_policy={"retries": 3})
+    await lifecycle.disconnect("c1")  # the attempt ends Crashed, a guess; retried at once
+    await get_queues().connect("c2", "w1", ["k"])  # the same worker, connected again
+    await claim("k", "c2")
+    done = await actions.cancel(run.id)
+    assert done.state_type == "CANCELLED"
+    (attempt,) = (await recorded(run.id)).attempts
+    assert attempt["worker"] == "w1" and attempt["error"]["type"].endswith("Crashed")
+
+
 async def test_a_stranded_cancelling_run_is_swept_into_cancelled():
     run, _ = await running(empirical_policy={"retries": 3})
     await actions.cancel(run.id)
