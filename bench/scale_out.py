@@ -8,12 +8,14 @@ latency, repeated bursts for throughput). The Redis CPU per run is reported besi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +189,30 @@ def _on_postgres(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
         )
 
 
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """This process, and every process it starts meanwhile, on one CPU: the same systems on
+    one core and on all of them are the stage's measured simulation of scaling with cores."""
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(everything)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everything)
+
+
+def _on_one_core(config: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Ours and Celery again, every process of theirs on one core."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        return {"skipped": "needs two CPUs or more, and CPU affinity"}
+    with one_core():
+        common.progress(f"{NAME}: ours and Celery again, on one core")
+        return {
+            "ours": measured_or_skipped(NAME, "ours, one core", measure_ours_on_redis, config, tmp),
+            "celery": measured_or_skipped(NAME, "Celery, one core", measure_celery, config, tmp),
+        }
+
+
 def run(quick: bool) -> dict[str, Any]:
     common.setup_django()
     config = burst_config(quick)
@@ -199,6 +225,7 @@ def run(quick: bool) -> dict[str, Any]:
         result["ours_pg"] = _on_postgres(config, tmp)
         common.progress(f"{NAME}: Celery 5 + Redis")
         result["celery"] = measured_or_skipped(NAME, "Celery", measure_celery, config, tmp)
+        result["one_core"] = _on_one_core(config, tmp)
     result["targets"] = _targets(result)
     return result
 
@@ -250,6 +277,7 @@ def report(result: dict[str, Any]) -> str:
         "lrrrrrrrl",
     )
     config = result["config"]
+    cores = _cores_table(result)
     notes = [
         "",
         f"- Ours: {config['producers']} producer processes call `task.enqueue()` with the Redis "
@@ -260,8 +288,35 @@ def report(result: dict[str, Any]) -> str:
         f"stage's peer (one worker, {config['limit']} threads, {config['producers']} producer "
         "threads, results read back).",
         *common.burst_notes(config, result["targets"]),
+        "- CPU ms/run: CPU time of those processes during the bursts, per run; the Daphne "
+        "column is both servers', the workers' both workers'.",
     ]
-    return "\n".join([table, *notes])
+    return "\n".join([table, *notes, *cores])
+
+
+def _cores_table(result: dict[str, Any]) -> list[str]:
+    """Runs/s on one core and on all, for ours and Celery, and what the second core gave."""
+    one = result.get("one_core") or {"skipped": "not run"}
+    if "skipped" in one:
+        return ["", f"- On one core: skipped ({one['skipped']})."]
+    fmt, rows = common.fmt_number, []
+    for key, label in (("ours", "taskqueue on Redis, 2 servers"), ("celery", "Celery 5 + Redis")):
+        single, full = one.get(key) or {}, result.get(key) or {}
+        if "burst" not in single or "burst" not in full:
+            rows.append([label, "—", "—", "—"])
+            continue
+        a, b = single["burst"]["runs_per_s"], full["burst"]["runs_per_s"]
+        rows.append([label, fmt(a), fmt(b), f"{b / a:.2f}x"])
+    cpus = len(os.sched_getaffinity(0))
+    table = common.markdown_table(
+        ["system", "runs/s on 1 core", f"runs/s on {cpus} cores", "gain"], rows, "lrrr"
+    )
+    return [
+        "",
+        "Scaling with cores (every process of the system pinned to one CPU, then on all):",
+        "",
+        table,
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

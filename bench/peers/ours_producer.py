@@ -5,7 +5,8 @@ Redis and the database (the Redis engine), or to the server's producer stream or
 
 ``paced COUNT RATE``: enqueue COUNT runs at RATE per second, print their ids (one JSON line,
 ``{"ids": [...], "cpu_s": 0}``). ``burst COUNT``: connect, print ``ready``, wait for ``go`` on
-stdin, enqueue COUNT runs as fast as it can, print their ids and the CPU seconds that took. Each run's argument is its enqueue time (the no-op returns its delay).
+stdin, enqueue COUNT runs as fast as it can, print their ids and the CPU seconds that took.
+Each run's argument is its enqueue time (the no-op returns its delay).
 """
 
 from __future__ import annotations
