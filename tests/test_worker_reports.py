@@ -146,6 +146,30 @@ async def test_a_run_the_server_cancels_before_its_go_is_never_run():
     assert calls == []
 
 
+async def test_a_cancel_after_the_run_finished_never_replaces_its_unrecorded_outcome():
+    run_id = str(uuid.uuid4())
+
+    async def first(ws, subscribe):
+        await ws.send(run_frame(run_id, KEY, "done"))
+        await expect(ws, "started", run_id)
+        await ws.send(recorded(run_id, "started"))
+        await expect(ws, "completed", run_id)
+        # An operator's cancel crossed the outcome; then the connection drops before the
+        # outcome is recorded.
+        await ws.send(json.dumps({"type": "cancel", "id": run_id}))
+        await ws.send(json.dumps({"type": "cancel", "id": run_id}))
+        await ws.close(1012)
+
+    async def second(ws, subscribe):
+        again = await expect(ws, "completed", run_id)  # the outcome it ended with, still
+        assert again["result"] == "done"
+        await ws.send(recorded(run_id, "completed"))
+
+    worker = await serve_worker(Script(first, second))
+    assert calls == ["done"]
+    assert worker.unconfirmed_reports == 0
+
+
 async def test_a_retry_of_a_run_is_a_new_attempt_and_runs_again():
     run_id = str(uuid.uuid4())
 

@@ -137,9 +137,14 @@ class RunBook(TaskCalls):
         elif task is not None:
             task.cancel()
         else:
-            for run in list(self._waiting):
-                if str(run["id"]) == run_id:
-                    self._waiting.remove(run)
+            waiting = [run for run in self._waiting if str(run["id"]) == run_id]
+            for run in waiting:
+                self._waiting.remove(run)
+            if not waiting and run_id in self._unconfirmed:
+                # It finished here and its outcome is not recorded yet: that report stands
+                # (it may be in flight, or lost with the connection and sent again), never
+                # replaced by a cancelled the run did not end with.
+                return
             self._spawn(self._report_cancelled(run_id))
 
     # -- running --------------------------------------------------------------------------------
