@@ -17,6 +17,7 @@ from .queues import Queues, get_queues
 from .records import writer
 from .schemas import TaskRun
 from .sockets import DirectWebsocketConsumer
+from .states import CANCELLING
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,9 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
                 metrics.acked(running.task_key, sent_at)
             self.holding.add(run_id)  # a run resumed after a reconnect counts here too
             self.copies[run_id] = running
+            if running.state_name == CANCELLING:
+                # Resumed after its cancel was asked on a connection that is gone: ask again.
+                await self.send(text_data=protocol.cancel(run_id))
         else:
             if kind == "completed":
                 result = message.get("result")

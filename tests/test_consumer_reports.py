@@ -154,6 +154,27 @@ async def test_an_operators_cancel_reaches_the_worker_running_the_run():
     await comm.disconnect()
 
 
+async def test_a_worker_resuming_a_run_it_was_asked_to_cancel_is_asked_again():
+    run_id = await create()
+    first = await subscribed(["k"])
+    await first.receive_json_from(WAIT)
+    await first.send_json_to({"type": "started", "id": str(run_id)})
+    assert (await first.receive_json_from(WAIT))["of"] == "started"
+    await actions.cancel(run_id)
+    assert await first.receive_json_from(WAIT) == {"type": "cancel", "id": str(run_id)}
+    # That frame was lost with the connection: the same worker, connected again, resumes.
+    second = await subscribed(["k"])
+    await second.send_json_to({"type": "started", "id": str(run_id)})
+    frames = [await second.receive_json_from(WAIT) for _ in range(2)]
+    assert {"type": "cancel", "id": str(run_id)} in frames
+    assert {"type": "recorded", "id": str(run_id), "of": "started"} in frames
+    await second.send_json_to({"type": "cancelled", "id": str(run_id)})
+    assert (await second.receive_json_from(WAIT))["of"] == "cancelled"
+    assert await stored_state(run_id) == "CANCELLED"
+    await first.disconnect()
+    await second.disconnect()
+
+
 async def test_a_client_that_reports_nothing_is_never_sent_a_cancel_frame():
     run_id = await create()
     comm = await subscriber(application, ["k"], "prefect-like")
