@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,26 +108,32 @@ def producer_phases(
     return {"paced": phases.summary(latencies), "burst": phases.median_burst(repeats, fields)}
 
 
-def measure_ours_on_redis(config: dict[str, Any], tmp: Path, pg: Any = None) -> dict[str, Any]:
-    """Two Daphne processes, a worker on each, producers in processes of their own; the records
-    on one SQLite file, or with ``pg`` (a ``PostgresServer``) in a PostgreSQL database."""
+def measure_ours_on_redis(
+    config: dict[str, Any], tmp: Path, pg: Any = None, asgi_server: str = "daphne"
+) -> dict[str, Any]:
+    """Two Daphne (or ``asgi_server``) processes, a worker on each, producers in processes of
+    their own; the records on one SQLite file, or with ``pg`` (a ``PostgresServer``) in a
+    PostgreSQL database."""
     from bench.postgres import PgRecords
     from project.servers import ProjectServer
 
+    # A database of its own per measurement (the same stage runs it on one core again).
+    sqlite = tmp / f"scale-{asgi_server}-{uuid.uuid4().hex[:8]}.sqlite3"
     with RedisServer(tmp) as redis:
         env = {"DJANGO_DEBUG": "0", "TASKQUEUE_REDIS_URL": redis.url}
         if pg is None:
-            env["TASKQUEUE_DB"] = str(tmp / "scale.sqlite3")
+            env["TASKQUEUE_DB"] = str(sqlite)
         else:
             name = pg.create_database(f"scale_{os.getpid()}")
             env.update(pg.environ(name))
         servers = [
             ProjectServer(
                 settings="bench.peers.ours_settings",
-                database=tmp / ("scale.sqlite3" if pg is None else "scale-pg.sqlite3"),
+                database=sqlite,
                 database_env="TASKQUEUE_DB" if pg is None else None,
                 env=env,
                 cwd=common.ROOT,
+                server=asgi_server,
             )
             for _ in range(2)
         ]
@@ -221,6 +228,14 @@ def run(quick: bool) -> dict[str, Any]:
         common.progress(f"{NAME}: ours on Redis, 2 servers, {config['producers']} producers")
         result: dict[str, Any] = {"config": config}
         result["ours"] = measured_or_skipped(NAME, "ours", measure_ours_on_redis, config, tmp)
+        common.progress(f"{NAME}: ours on Redis, 2 Uvicorn servers")
+        result["ours_uvicorn"] = measured_or_skipped(
+            NAME,
+            "ours (Uvicorn)",
+            lambda c, t: measure_ours_on_redis(c, t, asgi_server="uvicorn"),
+            config,
+            tmp,
+        )
         common.progress(f"{NAME}: ours on Redis, the records on PostgreSQL")
         result["ours_pg"] = _on_postgres(config, tmp)
         common.progress(f"{NAME}: Celery 5 + Redis")
@@ -235,6 +250,7 @@ def report(result: dict[str, Any]) -> str:
     rows = []
     systems = (
         ("ours", "taskqueue on Redis, 2 servers, SQLite"),
+        ("ours_uvicorn", "taskqueue on Redis, 2 Uvicorn servers, SQLite"),
         ("ours_pg", "taskqueue on Redis, 2 servers, PostgreSQL"),
         ("celery", "Celery 5 + Redis"),
     )
@@ -282,14 +298,15 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"- Ours: {config['producers']} producer processes call `task.enqueue()` with the Redis "
         "engine configured (the record and the run written directly, no HTTP); two Daphne "
-        f"processes on one SQLite file (or one PostgreSQL database, a cluster the bench starts "
-        f"on a unix socket), one `python -m taskqueue_app.worker --limit "
+        "processes (Uvicorn in its row) on one SQLite file (or one PostgreSQL database, a "
+        "cluster the bench starts on a unix socket), one `python -m taskqueue_app.worker --limit "
         f"{config['limit']}` on each. The targets are the SQLite row's. Celery: the end_to_end "
         f"stage's peer (one worker, {config['limit']} threads, {config['producers']} producer "
         "threads, results read back).",
         *common.burst_notes(config, result["targets"]),
         "- CPU ms/run: CPU time of those processes during the bursts, per run; the Daphne "
-        "column is both servers', the workers' both workers'.",
+        "column is both servers' (Daphne or Uvicorn), the workers' both workers'. Celery's "
+        "worker and producers are not counted: only its Redis.",
     ]
     return "\n".join([table, *notes, *cores])
 
