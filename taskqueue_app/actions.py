@@ -155,13 +155,13 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
             return await _recorded(lifecycle.finish_cancelled(run))
         found = await queues.find_held(run_id)
         if found is None:
-            # Being created here (recorded, not yet queued), handed over to a client that reports
-            # nothing, or stranded. Read again: an outcome may have settled it meanwhile (the
-            # check and the write below have no await between them).
+            # Being created, in any process (recorded, not yet queued: the engine's cancel
+            # keeps it out of its queue now), handed over to a client that reports nothing, or
+            # stranded. Read again: an outcome may have settled it meanwhile (the check and the
+            # write below have no await between them).
             run = await _current(run_id)
             if run is None:
                 return None
-            lifecycle.withdraw(run_id)  # a create in flight here will not queue it
             return await _recorded(lifecycle.finish_cancelled(run))
         held, holder = found.run, found.holder
         live = holder in await _live_holders()

@@ -7,7 +7,6 @@ backend call it in the server's loop (or, with a shared engine, in any process's
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from . import metrics
@@ -18,7 +17,7 @@ from .queues import SCHEDULED, QueueFull, get_queues
 from .records import writer
 from .schemas import TaskRun, TooLargeError, ValidationError, now
 
-__all__ = ["create", "reset", "withdraw"]
+__all__ = ["create", "reset"]
 
 
 class _Process:
@@ -27,10 +26,6 @@ class _Process:
     def __init__(self) -> None:
         # Creates whose caller hung up while the insert was in flight, finishing on their own.
         self.finishing: set[asyncio.Task] = set()
-        # Runs being created here: recorded (or about to be), not yet in their queue; and those
-        # of them cancelled meanwhile, which must not reach it.
-        self.admitting: set[uuid.UUID] = set()
-        self.withdrawn: set[uuid.UUID] = set()
 
 
 _process = _Process()
@@ -77,63 +72,39 @@ async def create(data: Any) -> tuple[TaskRun, bool]:
             metrics.rejected("queue_full", run.task_key)
             raise
     write = writer.submit(run)  # a future, not a task: nothing extra per create
-    _process.admitting.add(run.id)
     try:
         stored, created = await asyncio.shield(write)
     except asyncio.CancelledError:
         # The producer hung up; the insert goes on, and a stored run must reach its queue, or
         # it would wait for a restart.
-        task = asyncio.ensure_future(_admit_when_written(write, run.id, run.task_key, reserved))
+        task = asyncio.ensure_future(_admit_when_written(write, run.task_key, reserved))
         _process.finishing.add(task)
         task.add_done_callback(_process.finishing.discard)
         raise
     except BaseException:
-        _process.admitting.discard(run.id)
         if reserved:
             await queues.unreserve(run.task_key)
         raise
-    await _admit_created(run.id, stored, created, run.task_key, reserved)
+    await _admit_created(stored, created, run.task_key, reserved)
     return stored, created
 
 
-async def _admit_created(
-    asked: uuid.UUID, stored: TaskRun, created: bool, key: str, reserved: bool
-) -> None:
-    """Queue a run just recorded (``asked`` is the id its create registered as admitting; an
-    existing run answered instead has another)."""
+async def _admit_created(stored: TaskRun, created: bool, key: str, reserved: bool) -> None:
+    """Queue a run just recorded. A cancel that came while its record was being written, from
+    any process, keeps it out (the engine's ``cancel`` and ``admit``)."""
     queues = get_queues()
-    try:
-        if created and stored.id in _process.withdrawn:
-            created = False  # cancelled while its record was written: never queued
-        if created:
-            await queues.admit(stored, SCHEDULED, reserved=reserved)
+    if created:
+        if await queues.admit(stored, SCHEDULED, reserved=reserved):
             metrics.enqueued(stored)
-            if stored.id in _process.withdrawn:
-                await queues.cancel(stored.id)  # cancelled while it was being queued
-        elif reserved:
-            await queues.unreserve(key)  # the run existed (it is queued, or was), or is cancelled
-    finally:
-        _process.admitting.discard(asked)
-        _process.withdrawn.discard(asked)
+    elif reserved:
+        await queues.unreserve(key)  # the run existed (it is queued, or was)
 
 
-def withdraw(run_id: uuid.UUID) -> bool:
-    """Keep a run this process is creating out of its queue (a cancel arrived while its record
-    was being written); True if there was one."""
-    if run_id not in _process.admitting:
-        return False
-    _process.withdrawn.add(run_id)
-    return True
-
-
-async def _admit_when_written(
-    write: asyncio.Future, run_id: uuid.UUID, key: str, reserved: bool
-) -> None:
+async def _admit_when_written(write: asyncio.Future, key: str, reserved: bool) -> None:
     try:
         stored, created = await write
     except Exception:
-        _process.admitting.discard(run_id)
         if reserved:
             await get_queues().unreserve(key)
         return
-    await _admit_created(run_id, stored, created, key, reserved)
+    await _admit_created(stored, created, key, reserved)

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import metrics
 from .attempts import begun, ended
-from .creating import create, withdraw
+from .creating import create
 from .errors import Crashed, UnstorableResult, error_type
 from .queues import RETRY, QueueFull, get_queues
 from .records import aread, writer
@@ -46,7 +46,6 @@ __all__ = [
     "get",
     "restore",
     "start",
-    "withdraw",
 ]
 
 # The engine's error under the name the views and the backend have always caught.

@@ -374,6 +374,39 @@ async def test_deferred_runs_do_not_take_slots_until_due(engine):  # noqa: F811
         await engine.enqueue(make_run())
 
 
+async def test_a_run_cancelled_before_it_arrives_is_kept_out_of_the_scheduled_lane(
+    engine,  # noqa: F811
+):
+    await engine.configure("k", scheduled_size=1)
+    early, later, other = make_run(), make_run(due_in=60), make_run()
+    for run in (early, later):
+        assert await engine.cancel(run.id) is None  # nowhere yet: a create is recording it
+    await engine.reserve("k")
+    assert await engine.admit(early, reserved=True) is False
+    assert await engine.admit(later) is False  # deferred, kept out all the same
+    current = await row(engine, "k")
+    assert (current["scheduled_size"], current["deferred"]) == (0, 0)
+    await engine.reserve("k")  # the reservation was given back: the one slot is free
+    assert await engine.admit(other, reserved=True) is True
+    assert [r.id for r in await drain(engine, ["k"])] == [other.id]
+    # Kept out once; and a retry (an operator's, of a cancelled run) is never kept out.
+    assert await engine.admit(early) is True
+    retried = make_run()
+    assert await engine.cancel(retried.id) is None
+    assert await engine.admit(retried, RETRY) is True
+    assert {r.id for r in await drain(engine, ["k"])} == {early.id, retried.id}
+
+
+async def test_cancel_of_a_held_run_keeps_nothing_out(engine):  # noqa: F811
+    run = make_run()
+    await engine.enqueue(run)
+    await claim(engine, ["k"])
+    assert await engine.cancel(run.id) is None  # held: the caller's to settle
+    await engine.ack("h", run.id)
+    assert await engine.admit(run) is True  # restored later, say: it goes in
+    assert [r.id for r in await drain(engine, ["k"])] == [run.id]
+
+
 async def test_cancel_takes_a_queued_deferred_or_backlogged_run_out(engine):  # noqa: F811
     await engine.configure("k", scheduled_size=1)
     queued, deferred = make_run(), make_run(due_in=3600)

@@ -29,6 +29,10 @@ __all__ = [
     "check_lane",
 ]
 
+# How long a cancel of a run an engine does not have yet keeps that run out (``cancel``): far
+# longer than a create takes to record its run and admit it.
+WITHDRAWN_TTL = 300.0
+
 SCHEDULED = "scheduled"
 RETRY = "retry"
 LANES = (SCHEDULED, RETRY)
@@ -101,17 +105,24 @@ class Queues:
         """Give back a slot ``reserve`` promised (the record was not written)."""
         raise NotImplementedError
 
-    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> None:
+    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> bool:
         """Take in a run already accepted (recorded, restored, retried): it is never refused.
 
         Deferred until ``expected_start_time``, then into the lane, or, while the lane is full,
         into the lane's backlog, fed in FIFO order as room frees up. ``reserved`` fills a slot
-        ``reserve`` promised.
+        ``reserve`` promised. True; False, taking nothing in (and giving back the reservation),
+        for a run into the scheduled lane that ``cancel`` was asked for before it arrived.
         """
         raise NotImplementedError
 
     async def cancel(self, run_id: Any) -> Any | None:
-        """Take a waiting (queued, deferred or backlogged) run out; the run, or None."""
+        """Take a waiting (queued, deferred or backlogged) run out; the run, or None.
+
+        A run the engine has nowhere, neither waiting nor held (one a create, in any process,
+        is still recording), is kept out for ``WITHDRAWN_TTL`` seconds: its ``admit`` into the
+        scheduled lane takes nothing in. Both steps are atomic, so a cancel and a create that
+        race end with the run out of its queue whichever comes first.
+        """
         raise NotImplementedError
 
     # -- delivery --------------------------------------------------------------------------------

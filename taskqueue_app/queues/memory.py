@@ -7,12 +7,22 @@ calls it; other threads hand their calls to that loop.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from ..states import StateType
 from ..task_queue import MultiQueue, TaskQueue
-from .base import RETRY, SCHEDULED, Connection, Held, QueueFull, Queues, check_lane
+from .base import (
+    RETRY,
+    SCHEDULED,
+    WITHDRAWN_TTL,
+    Connection,
+    Held,
+    QueueFull,
+    Queues,
+    check_lane,
+)
 from .connections import WorkerConnections
 from .lock import ServerLock
 from .scheduler import Scheduler
@@ -42,6 +52,8 @@ class MemoryQueues(Queues):
         self._reserved: dict[tuple[str, str], int] = {}
         self._scheduler = Scheduler()
         self._connections = WorkerConnections()
+        # Runs cancelled before they arrived (a create still recording them), until when.
+        self._withdrawn: dict[Any, float] = {}
 
     def _room(self, task_key: str, lane: str) -> int:
         queue = TaskQueue.for_key(task_key)
@@ -80,14 +92,23 @@ class MemoryQueues(Queues):
         else:
             self._reserved.pop((task_key, lane), None)
 
-    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> None:
+    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> bool:
         if reserved:
             self._unreserve(run.task_key, lane)
-        self._scheduler.schedule(run, check_lane(lane))
+        if check_lane(lane) == SCHEDULED and self._withdrawn.pop(run.id, None) is not None:
+            return False
+        self._scheduler.schedule(run, lane)
+        return True
 
     async def cancel(self, run_id: Any) -> Any | None:
-        run = TaskQueue.remove(run_id)
-        return run if run is not None else self._scheduler.cancel(run_id)
+        run = TaskQueue.remove(run_id) or self._scheduler.cancel(run_id)
+        if run is None and TaskQueue.holder_of(run_id) is None:
+            moment = time.monotonic()
+            self._withdrawn = {
+                key: until for key, until in self._withdrawn.items() if until > moment
+            }
+            self._withdrawn[run_id] = moment + WITHDRAWN_TTL
+        return run
 
     # -- delivery --------------------------------------------------------------------------------
 
@@ -190,3 +211,4 @@ class MemoryQueues(Queues):
         self._scheduler.reset()
         self._connections.clear()
         self._reserved.clear()
+        self._withdrawn.clear()

@@ -29,7 +29,7 @@ from ..conf import taskqueue_settings
 from ..errors import QueueFull
 from ..schemas import TaskRun
 from . import redis_views
-from .base import RETRY, SCHEDULED, Connection, Held, Queues, check_lane
+from .base import RETRY, SCHEDULED, WITHDRAWN_TTL, Connection, Held, Queues, check_lane
 from .redis_scripts import PRELUDE, SCRIPTS
 from .redis_views import text as _text
 
@@ -163,19 +163,22 @@ class RedisQueues(Queues):
     async def enqueue(self, run: Any, lane: str = SCHEDULED) -> None:
         await self._put(run, lane, "new")
 
-    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> None:
-        await self._put(run, lane, "reserved" if reserved else "accepted")
+    async def admit(self, run: Any, lane: str = SCHEDULED, *, reserved: bool = False) -> bool:
+        return await self._put(run, lane, "reserved" if reserved else "accepted")
 
-    async def _put(self, run: Any, lane: str, mode: str) -> None:
+    async def _put(self, run: Any, lane: str, mode: str) -> bool:
+        """Into the lane (or deferred): True; False if kept out (cancelled before it came)."""
         code = _code(lane)
         common = (str(run.id), run.task_key, code, int(run.priority or 0), run.to_json())
         due = run.expected_start_time
         if due is not None and due > datetime.now(UTC):
             due_ms = int(due.timestamp() * 1000)
-            await self._run("defer", *common, due_ms, "1" if mode == "reserved" else "0")
-            return
-        if not await self._run("enqueue", *common, _now_ms(), mode):
+            reserved, admitted = "1" if mode == "reserved" else "0", "0" if mode == "new" else "1"
+            return await self._run("defer", *common, due_ms, reserved, admitted) == 1
+        taken = await self._run("enqueue", *common, _now_ms(), mode)
+        if not taken:
             raise QueueFull.of_lane(run.task_key, lane)
+        return taken == 1
 
     async def reserve(self, task_key: str, lane: str = SCHEDULED) -> None:
         now = _now_ms()
@@ -188,7 +191,7 @@ class RedisQueues(Queues):
         await client.zpopmin(self._key("rz", _code(lane), task_key))
 
     async def cancel(self, run_id: Any) -> Any | None:
-        payload = await self._run("cancel", str(run_id))
+        payload = await self._run("cancel", str(run_id), int(WITHDRAWN_TTL * 1000))
         return _load(payload) if payload else None
 
     # -- delivery --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ script's keys are in one slot. The layout, for a prefix ``P``:
 - ``P:b:s:<key>``, ``P:b:r:<key>``: lists, accepted runs waiting for room in a full lane.
 - ``P:deferred``: sorted set of run ids by due time (ms); ``P:dlane`` their lanes.
 - ``P:rz:<lane>:<key>``: reservations (token by expiry), slots promised to creates in flight.
+- ``P:gone:<id>``: a run cancelled before it arrived (its create still recording it), with a TTL.
 - ``P:runs`` id -> the run's JSON; ``P:meta`` id -> ``"<priority>|<key>"``; ``P:keys`` every key.
 - ``P:hz:<holder>`` (claim order) and ``P:hj:<holder>`` (its copies): what a connection holds;
   ``P:holders`` id -> holder, ``P:hstate`` id -> the held copy's state type.
@@ -126,6 +127,11 @@ local id, key, lane, prio, json = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), 
 local now, mode = tonumber(ARGV[9]), ARGV[10]
 local rz = P .. ':rz:' .. lane .. ':' .. key
 redis.call('ZREMRANGEBYSCORE', rz, '-inf', now)
+if mode ~= 'new' and lane == 's' and redis.call('DEL', P .. ':gone:' .. id) == 1 then
+  -- Cancelled before it arrived (its create was still recording it): kept out.
+  if mode == 'reserved' then redis.call('ZPOPMIN', rz) end
+  return 2
+end
 if mode == 'new' then
   local used = redis.call('ZCARD', P .. ':' .. lane .. ':' .. key) + redis.call('ZCARD', rz)
   if used >= limit_of(key, lane) then return 0 end
@@ -139,10 +145,14 @@ into_lane(id, key, lane, prio)
 return 1
 """
 
-# ARGV 4..: id, key, lane, priority, json, due (ms), reserved ("1" gives a reservation back).
+# ARGV 4..: id, key, lane, priority, json, due (ms), reserved ("1" gives a reservation back),
+# admitted ("1": an accepted run, kept out if cancelled before it arrived).
 DEFER = """
 local id, key, lane, prio, json = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
 if ARGV[10] == '1' then redis.call('ZPOPMIN', P .. ':rz:' .. lane .. ':' .. key) end
+if ARGV[11] == '1' and lane == 's' and redis.call('DEL', P .. ':gone:' .. id) == 1 then
+  return 2  -- cancelled before it arrived: kept out
+end
 redis.call('HSET', P .. ':runs', id, json)
 redis.call('HSET', P .. ':meta', id, prio .. '|' .. key)
 redis.call('SADD', P .. ':keys', key)
@@ -251,12 +261,17 @@ RELEASE = """
 return release(ARGV[4])
 """
 
-# ARGV 4: id. Takes a waiting (queued, backlogged or deferred) run out; its JSON, or false.
+# ARGV 4..: id, how long (ms) to keep out a run not here yet. Takes a waiting (queued,
+# backlogged or deferred) run out; its JSON, or false.
 CANCEL = """
 local id = ARGV[4]
 if redis.call('HGET', P .. ':holders', id) then return false end
 local json = redis.call('HGET', P .. ':runs', id)
-if not json then return false end
+if not json then
+  -- Nowhere here: a create may be recording it. Its admit will find this and keep it out.
+  redis.call('SET', P .. ':gone:' .. id, '1', 'PX', tonumber(ARGV[5]))
+  return false
+end
 local taken = redis.call('ZREM', P .. ':deferred', id) == 1
 redis.call('HDEL', P .. ':dlane', id)
 local _, key = meta_of(id)
