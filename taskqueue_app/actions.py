@@ -17,7 +17,7 @@ from typing import TypeVar
 from . import lifecycle, metrics, orphans, protocol
 from .errors import AlreadyFinished, Orphaned, error_type
 from .queues import RETRY, get_queues
-from .records import writer
+from .records import transition, writer
 from .schemas import TaskRun, now
 from .states import CANCELLING, FINISHED_STATES, TERMINAL_STATES, StateType
 
@@ -108,11 +108,15 @@ async def retry(run_id: uuid.UUID) -> TaskRun | None:
             StateType.SCHEDULED, "AwaitingRetry", finished=None, expected_start_time=now()
         )
         try:
-            writer.update(again, "finished", "expected_start_time")
-            await writer.flush()
+            # Only over the record as read: a retry asked at once in another process wins or
+            # loses here, never both.
+            won = await transition(again, run, "finished", "expected_start_time")
         except BaseException:
             await queues.unreserve(run.task_key, RETRY)
             raise
+        if not won:
+            await queues.unreserve(run.task_key, RETRY)
+            raise NotFinishedError(f"run {run_id} was retried meanwhile: it is queued already")
     await queues.admit(again, RETRY, reserved=True)
     metrics.retried(again, "manual")
     return again
@@ -193,7 +197,8 @@ async def give_back(run_id: uuid.UUID) -> TaskRun | None:
     """Give back a run stranded with a vanished worker without waiting for ``ORPHAN_TIMEOUT``:
     a RUNNING one crashes (retried if it may be), a PENDING one goes to the front of its retry
     lane. None if there is no such run; ``NotStrandedError`` unless it is PENDING or RUNNING
-    with no live connection holding it."""
+    with no live connection holding it, and not handed over to a client that reports nothing
+    (``Delivered``: the orphan sweep leaves those alone too)."""
     queues = get_queues()
     async with _hands.lock:
         run = await lifecycle.get(run_id)
@@ -204,6 +209,11 @@ async def give_back(run_id: uuid.UUID) -> TaskRun | None:
                 f"run {run_id} is {run.state_type}: only a PENDING or RUNNING run whose worker "
                 "is gone can be given back"
             )
+        if run.state_name == lifecycle.HANDED_OVER:
+            raise NotStrandedError(
+                f"run {run_id} was handed over to a client that reports no outcomes "
+                f"({run.worker or 'unknown'}): it is that client's to run; cancel it instead"
+            )
         found = await queues.find_held(run_id)
         if found is not None:
             if found.holder in await _live_holders():
@@ -212,7 +222,10 @@ async def give_back(run_id: uuid.UUID) -> TaskRun | None:
                     "cancel it instead"
                 )
             await queues.ack(found.holder, run_id)  # a dead process's copy: ours to move on
-        return await _recorded(await orphans.give_back(run, GIVEN_BACK_ERROR))
+        back = await orphans.give_back(run, GIVEN_BACK_ERROR)
+        if back is None:
+            raise NotStrandedError(f"run {run_id} was given back meanwhile (by another process)")
+        return await _recorded(back)
 
 
 async def _recorded(run: TaskRun) -> TaskRun:

@@ -20,7 +20,7 @@ from .attempts import begun, ended
 from .creating import create
 from .errors import Crashed, UnstorableResult, error_type
 from .queues import RETRY, QueueFull, get_queues
-from .records import aread, writer
+from .records import aread, transition, writer
 from .restoring import restore
 from .schemas import (
     TaskRun,
@@ -220,10 +220,25 @@ async def complete(
     return done
 
 
+async def _write(run: TaskRun, since: TaskRun | None, *fields: str) -> bool:
+    """Record a change: behind, through the writer; or, with ``since``, now and only if the
+    record is unchanged since it was read (``records.transition``)."""
+    if since is None:
+        writer.update(run, *fields)
+        return True
+    return await transition(run, since, *fields)
+
+
 async def _retry_or_finish(
-    run: TaskRun, state_type: str, state_name: str, error: Any, worker: str | None = None
-) -> TaskRun:
-    """After a failed attempt: AwaitingRetry after the delay if retries are left, else final."""
+    run: TaskRun,
+    state_type: str,
+    state_name: str,
+    error: Any,
+    worker: str | None = None,
+    since: TaskRun | None = None,
+) -> TaskRun | None:
+    """After a failed attempt: AwaitingRetry after the delay if retries are left, else final.
+    With ``since``, None (nothing done) if another process changed the record first."""
     stamp = now()
     attempts = ended(run, stamp, error, worker)
     if max(run.run_count, 1) <= run.retries:
@@ -236,12 +251,15 @@ async def _retry_or_finish(
             attempts=attempts,
         )
         fields = ("error", "expected_start_time", "run_count", "started", "worker", "attempts")
-        writer.update(later, *fields)
+        if not await _write(later, since, *fields):
+            return None
         await get_queues().admit(later, RETRY)
         metrics.retried(later, state_type.lower())
         return later
     final = run.with_state(state_type, state_name, error=error, finished=stamp, attempts=attempts)
-    writer.update(final, "error", "finished", "run_count", "started", "worker", "attempts")
+    fields = ("error", "finished", "run_count", "started", "worker", "attempts")
+    if not await _write(final, since, *fields):
+        return None
     metrics.finished(final)
     return final
 
@@ -320,12 +338,15 @@ async def disconnect(holder: str) -> None:
         await crash(run, CRASH_ERROR)
 
 
-async def crash(run: TaskRun, error: dict[str, Any]) -> TaskRun:
+async def crash(
+    run: TaskRun, error: dict[str, Any], since: TaskRun | None = None
+) -> TaskRun | None:
     """A started run whose worker is gone: CRASHED, retried if it has retries left; CANCELLED
-    if an operator had asked to cancel it (its worker can no longer confirm)."""
+    if an operator had asked to cancel it (its worker can no longer confirm). With ``since``
+    (the record as read), None if another process changed that record first."""
     if run.state_name == CANCELLING:
         return finish_cancelled(run)
-    return await _retry_or_finish(run, StateType.CRASHED, "Crashed", error)
+    return await _retry_or_finish(run, StateType.CRASHED, "Crashed", error, since=since)
 
 
 # -- by hand ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from . import lifecycle, metrics
 from .conf import taskqueue_settings
 from .models import TaskRunRecord
 from .queues import get_queues
-from .records import aread, writer
+from .records import aread, transition, writer
 from .schemas import TaskRun, now
 from .states import CANCELLING, StateType
 
@@ -78,20 +78,25 @@ async def sweep(timeout: float, suspects: dict) -> int:
         if await queues.find_held(run.id) is not None:
             continue
         del suspects[run.id]
-        given += 1
-        await give_back(fresh, ORPHAN_ERROR)
+        if await give_back(fresh, ORPHAN_ERROR) is not None:
+            given += 1
     if given:
         logger.warning("gave back %d run(s) whose worker vanished (ORPHAN_TIMEOUT)", given)
     return given
 
 
-async def give_back(run: TaskRun, error: dict) -> TaskRun:
+async def give_back(run: TaskRun, error: dict) -> TaskRun | None:
     """A stranded run (no connection holds it) goes on: RUNNING crashes with ``error`` (and is
-    retried if it may be), PENDING goes back to the front of its key's retry lane."""
+    retried if it may be), PENDING goes back to the front of its key's retry lane.
+
+    ``run`` is its record as just read: None, and nothing done, if another process's sweep (or
+    an operator's give-back) changed that record first, so no orphan is given back twice.
+    """
     if run.state_type == StateType.RUNNING:
-        return await lifecycle.crash(run, error)
+        return await lifecycle.crash(run, error, since=run)
     back = run.with_state(StateType.SCHEDULED, "Scheduled")
-    writer.update(back)
+    if not await transition(back, run):
+        return None
     # Through the engine's own give-back, so that it goes first in line like any release.
     queues = get_queues()
     await queues.hold(SWEEPER, back)

@@ -76,10 +76,7 @@ class RecordWriter:
 
     def update(self, run: TaskRun, *fields: str) -> None:
         """Write ``fields`` of ``run`` (and its state) soon, without waiting; later writes win."""
-        names = ("state_type", "state_name", "state_timestamp", *fields)
-        values = self._updates.setdefault(run.id, {})
-        values.update({name: getattr(run, name) for name in names})
-        values["updated"] = run.updated or now()
+        self._updates.setdefault(run.id, {}).update(_changes(run, fields))
         self._kick()
 
     def latest_state(self, run_id: uuid.UUID) -> str | None:
@@ -346,6 +343,23 @@ def _write_updates(updates: dict[uuid.UUID, dict[str, Any]]) -> None:
                     for run_id, values in rows
                 ],
             )
+
+
+def _changes(run: TaskRun, fields: tuple[str, ...]) -> dict[str, Any]:
+    names = ("state_type", "state_name", "state_timestamp", *fields)
+    return {**{name: getattr(run, name) for name in names}, "updated": run.updated or now()}
+
+
+async def transition(run: TaskRun, since: TaskRun, *fields: str) -> bool:
+    """Write ``run``'s state and ``fields`` now, only if its record is unchanged since ``since``
+    was read from it (the same state and ``updated``); True if so. Of processes racing to make
+    one change (an operator's retry asked twice, two sweeps giving back one orphan), one wins,
+    where ``writer.update`` would let every one of them."""
+    await writer.flush()  # after every change handed over so far
+    records = TaskRunRecord.objects.filter(
+        pk=run.id, state_type=since.state_type, updated=since.updated
+    )
+    return await records.aupdate(**_changes(run, fields)) == 1
 
 
 def read(run_id: uuid.UUID) -> TaskRun | None:

@@ -68,6 +68,25 @@ async def test_hand_retry_unknown_unfinished_completed_and_full():
     assert (await recorded(run.id)).state_type == "FAILED"
 
 
+async def test_a_hand_retry_another_process_made_first_is_refused(monkeypatch):
+    run = await failed()
+    stale = await lifecycle.get(run.id)  # what the other process had read: FAILED
+    await actions.retry(run.id)  # ... and this one retried it first
+    reads = iter([stale])
+    real_get = lifecycle.get
+    monkeypatch.setattr(lifecycle, "get", lambda run_id: _first(reads, real_get, run_id))
+    with pytest.raises(actions.NotFinishedError, match="retried meanwhile"):
+        await actions.retry(run.id)
+    assert (await row("k"))["retry_size"] == 1
+    assert (await recorded(run.id)).state_name == "AwaitingRetry"
+    await get_queues().configure("k", retry_size=2)
+    await get_queues().reserve("k", RETRY)  # the refused retry gave its reservation back
+
+
+async def _first(reads, real_get, run_id):
+    return next(reads, None) or await real_get(run_id)
+
+
 async def test_two_racing_hand_retries_queue_the_run_once():
     run = await failed()
     results = await asyncio.gather(
@@ -220,6 +239,34 @@ async def test_give_back_a_stranded_pending_run_puts_it_first_in_line():
     assert (given.state_type, given.state_name) == ("SCHEDULED", "Scheduled")
     assert (await take_now("k")).id == first.id
     assert (await take_now("k")).id == second.id
+
+
+async def test_an_orphan_two_processes_give_back_at_once_goes_back_once():
+    running_run, _ = await running("r", holder="c1", empirical_policy={"retries": 3})
+    pending_run = await make("p")
+    await claim("p", "c2")
+    await lifecycle.acknowledge("c2", pending_run.id, "w1", True)
+    queues = get_queues()
+    await queues.disconnect("c1")
+    await queues.ack("c1", running_run.id)  # its server process died: held by nobody
+    await queues.ack("c2", pending_run.id)
+    for run in (running_run, pending_run):
+        read = await lifecycle.get(run.id)  # what both sweeps read
+        assert await orphans.give_back(read, orphans.ORPHAN_ERROR) is not None
+        assert await orphans.give_back(read, orphans.ORPHAN_ERROR) is None  # the later one
+    assert (await row("r"))["retry_size"] == 1 and (await row("p"))["retry_size"] == 1
+    again = await recorded(running_run.id)
+    assert (again.state_name, len(again.attempts)) == ("AwaitingRetry", 1)
+
+
+async def test_give_back_leaves_a_run_handed_over_to_a_prefect_client_alone():
+    run = await make()
+    await claim("k", "prefect-like")
+    await lifecycle.acknowledge("prefect-like", run.id, "p1", watch=False)  # handed over
+    with pytest.raises(actions.NotStrandedError, match="handed over to a client"):
+        await actions.give_back(run.id)
+    assert (await recorded(run.id)).state_name == "Delivered"
+    assert await queued("k") == 0
 
 
 async def test_give_back_refuses_runs_that_are_not_stranded():
