@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 
-from . import lifecycle
+from . import lifecycle, metrics
 from .orphans import Sweeper
 from .queues import get_queues
 from .records import writer
@@ -163,7 +163,9 @@ async def ensure_started() -> None:
         started = _state.started = loop.create_future()
         _state.loop = loop
         try:
-            await get_queues().start()
+            queues = get_queues()
+            queues.on_given_back = metrics.redelivered  # counted like any other give-back
+            await queues.start()
             await lifecycle.restore()
             _state.sweeper.start()
         except BaseException as exc:

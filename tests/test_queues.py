@@ -397,6 +397,49 @@ async def test_a_run_cancelled_before_it_arrives_is_kept_out_of_the_scheduled_la
     assert {r.id for r in await drain(engine, ["k"])} == {early.id, retried.id}
 
 
+async def test_a_cancel_in_another_process_keeps_out_a_run_this_one_is_creating(
+    engine,  # noqa: F811
+):
+    if not engine.shared:
+        pytest.skip("the memory engine serves one process")
+    other = type(engine)({"LOCATION": engine.location, "OPTIONS": engine.options})
+    try:
+        run = make_run()
+        await engine.reserve("k")  # this process's create: a slot first, then the record
+        assert await other.cancel(run.id) is None  # the other process's cancel, meanwhile
+        assert await engine.admit(run, reserved=True) is False
+        assert (await row(engine, "k"))["scheduled_size"] == 0
+        assert await other.find_held(run.id) is None
+    finally:
+        await other.close()
+
+
+async def test_the_unacked_runs_of_a_dead_process_go_back_and_are_reported(
+    engine,  # noqa: F811
+):
+    if not engine.shared:
+        pytest.skip("the memory engine serves one process")
+    import redis.asyncio as aioredis
+
+    dead = type(engine)({"LOCATION": engine.location, "OPTIONS": engine.options})
+    run = make_run()
+    await engine.enqueue(run)
+    await dead.start()  # its heartbeat
+    await dead.connect("h-dead", "w", ["k"])
+    await claim(dead, ["k"], holder="h-dead")
+    await dead.close()
+    client = aioredis.from_url(engine.location)
+    try:  # its heartbeat's key expires: the process is gone
+        await client.delete(f"{engine.prefix}:alive:{dead.process}")
+    finally:
+        await client.aclose()
+    heard: list = []
+    engine.on_given_back = heard.extend
+    assert await engine.reap() == 1
+    assert [r.id for r in heard] == [run.id]
+    assert [r.id for r in await drain(engine, ["k"])] == [run.id]
+
+
 async def test_cancel_of_a_held_run_keeps_nothing_out(engine):  # noqa: F811
     run = make_run()
     await engine.enqueue(run)

@@ -79,6 +79,9 @@ class Queues:
         self.location: str | None = params.get("LOCATION")
         self.options: dict[str, Any] = dict(params.get("OPTIONS") or {})
         self._listeners: dict[str, Callable[[str], None]] = {}
+        #: Called with the runs the engine gave back on its own, not at a caller's request
+        #: (Redis: a dead server process's unacked runs, by any other process's reaper).
+        self.on_given_back: Callable[[list[Any]], None] | None = None
 
     async def start(self) -> None:
         """Called once when a server process starts, before it restores anything. An engine

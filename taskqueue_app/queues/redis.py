@@ -361,9 +361,12 @@ class RedisQueues(Queues):
             proc = _text(proc)
             if proc == self.process or await client.exists(self._key("alive", proc)):
                 continue
-            count = await self._run("reap", proc)
-            back += count
-            logger.warning("server process %s is gone: %d unacked run(s) given back", proc, count)
+            runs = [_load(payload) for payload in await self._run("reap", proc)]
+            back += len(runs)
+            gone = "server process %s is gone: %d unacked run(s) given back"
+            logger.warning(gone, proc, len(runs))
+            if runs and self.on_given_back is not None:
+                self.on_given_back(runs)
         return back
 
     async def reset(self) -> None:

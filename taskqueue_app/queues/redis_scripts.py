@@ -315,12 +315,13 @@ refill(key, 'r')
 return 1
 """
 
-# ARGV 4: a dead process. Unacked runs of its holders go back first in line; acked and started
-# ones are dropped from the hold, for the orphan sweep (their records say PENDING or RUNNING).
+# ARGV 4: a dead process. Unacked runs of its holders go back first in line (their JSON is
+# returned); acked and started ones are dropped from the hold, for the orphan sweep (their
+# records say PENDING or RUNNING).
 REAP = """
 local proc = ARGV[4]
 local holders = redis.call('SMEMBERS', P .. ':ph:' .. proc)
-local back = 0
+local back = {}
 for _, holder in ipairs(holders) do
   local ids = redis.call('ZRANGE', P .. ':hz:' .. holder, 0, -1)
   for _, id in ipairs(ids) do
@@ -329,7 +330,7 @@ for _, holder in ipairs(holders) do
       forget(id)
     end
   end
-  back = back + #release(holder)
+  for _, json in ipairs(release(holder)) do back[#back + 1] = json end
   redis.call('HDEL', P .. ':conns', holder)
   redis.call('HDEL', P .. ':act', holder)
 end
