@@ -46,7 +46,8 @@ FINISHED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.
 ENQUEUED = Counter("taskqueue_runs_enqueued", "Runs accepted.", ["key"], registry=REGISTRY)
 REJECTED = Counter(
     "taskqueue_runs_rejected",
-    "Creates refused: a full queue (503), too large (413), invalid (400), no or a wrong token.",
+    "Refused: creates for a full queue (503), too large (413), invalid (400); any API request "
+    "or connection with no or a wrong token (unauthorized, key empty).",
     ["key", "reason"],
     registry=REGISTRY,
 )
