@@ -191,8 +191,10 @@ async def task_runs_batch(request: HttpRequest) -> HttpResponse:
         metrics.rejected("too_large" if exc.status == 413 else "invalid")
         raise
     if not isinstance(data, list) or not data:
+        metrics.rejected("invalid")
         raise HttpError(400, "the request body must be a non-empty JSON list of runs")
     if len(data) > BATCH_MAX:
+        metrics.rejected("too_large")
         raise HttpError(413, f"a batch holds at most {BATCH_MAX} runs, not {len(data)}")
     answers = await asyncio.gather(*(create_answer(item) for item in data))
     return HttpResponse("[" + ",".join(answers) + "]", status=200, content_type=JSON_TYPE)

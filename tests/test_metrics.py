@@ -149,12 +149,17 @@ async def test_refused_creates_are_counted_by_reason():
         assert (
             await client.post("/api/task_runs/", huge, content_type="application/json")
         ).status_code == 413
+    # A batch refused as a whole: not a list, and over its bound.
+    batch = "/api/task_runs/batch"
+    assert (await client.post(batch, "{}", content_type="application/json")).status_code == 400
+    many = json.dumps([{"task_key": "k"}] * 1001)
+    assert (await client.post(batch, many, content_type="application/json")).status_code == 413
     after = await scrape()
     assert (
         delta(before, after, "taskqueue_runs_rejected_total", key="tight", reason="queue_full") == 1
     )
-    assert delta(before, after, "taskqueue_runs_rejected_total", key="", reason="invalid") == 1
-    assert delta(before, after, "taskqueue_runs_rejected_total", key="", reason="too_large") == 1
+    assert delta(before, after, "taskqueue_runs_rejected_total", key="", reason="invalid") == 2
+    assert delta(before, after, "taskqueue_runs_rejected_total", key="", reason="too_large") == 2
 
 
 @pytest.mark.usefixtures("serving")
