@@ -155,7 +155,7 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
         run = await _current(run_id)
         if run is None:
             return None
-        if await queues.cancel(run_id) is not None:
+        if await queues.cancel(run_id, keep_out=True) is not None:
             return await _recorded(lifecycle.finish_cancelled(run))
         found = await queues.find_held(run_id)
         if found is None:

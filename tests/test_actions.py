@@ -284,7 +284,7 @@ async def test_a_run_cancelled_while_its_record_is_written_never_reaches_its_que
     run_id = uuid.uuid4()
     # The engine's half of a cancel that read the record of a create still in flight (in this
     # process or another): the run is nowhere in the engine yet.
-    assert await get_queues().cancel(run_id) is None
+    assert await get_queues().cancel(run_id, keep_out=True) is None
     run, created = await lifecycle.create({"task_key": "w", "id": str(run_id)})
     assert (run.id, created) == (run_id, True)
     assert await queued("w") == 0  # recorded, but kept out of its queue

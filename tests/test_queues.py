@@ -380,7 +380,7 @@ async def test_a_run_cancelled_before_it_arrives_is_kept_out_of_the_scheduled_la
     await engine.configure("k", scheduled_size=1)
     early, later, other = make_run(), make_run(due_in=60), make_run()
     for run in (early, later):
-        assert await engine.cancel(run.id) is None  # nowhere yet: a create is recording it
+        assert await engine.cancel(run.id, keep_out=True) is None  # a create is recording it
     await engine.reserve("k")
     assert await engine.admit(early, reserved=True) is False
     assert await engine.admit(later) is False  # deferred, kept out all the same
@@ -392,9 +392,13 @@ async def test_a_run_cancelled_before_it_arrives_is_kept_out_of_the_scheduled_la
     # Kept out once; and a retry (an operator's, of a cancelled run) is never kept out.
     assert await engine.admit(early) is True
     retried = make_run()
-    assert await engine.cancel(retried.id) is None
+    assert await engine.cancel(retried.id, keep_out=True) is None
     assert await engine.admit(retried, RETRY) is True
-    assert {r.id for r in await drain(engine, ["k"])} == {early.id, retried.id}
+    # A cancel that only takes a waiting run out (the lifecycle's own) keeps nothing out.
+    plain = make_run()
+    assert await engine.cancel(plain.id) is None
+    assert await engine.admit(plain) is True
+    assert {r.id for r in await drain(engine, ["k"])} == {early.id, retried.id, plain.id}
 
 
 async def test_a_cancel_in_another_process_keeps_out_a_run_this_one_is_creating(
@@ -406,7 +410,7 @@ async def test_a_cancel_in_another_process_keeps_out_a_run_this_one_is_creating(
     try:
         run = make_run()
         await engine.reserve("k")  # this process's create: a slot first, then the record
-        assert await other.cancel(run.id) is None  # the other process's cancel, meanwhile
+        assert await other.cancel(run.id, keep_out=True) is None  # the other's, meanwhile
         assert await engine.admit(run, reserved=True) is False
         assert (await row(engine, "k"))["scheduled_size"] == 0
         assert await other.find_held(run.id) is None

@@ -118,13 +118,14 @@ class Queues:
         """
         raise NotImplementedError
 
-    async def cancel(self, run_id: Any) -> Any | None:
+    async def cancel(self, run_id: Any, *, keep_out: bool = False) -> Any | None:
         """Take a waiting (queued, deferred or backlogged) run out; the run, or None.
 
-        A run the engine has nowhere, neither waiting nor held (one a create, in any process,
-        is still recording), is kept out for ``WITHDRAWN_TTL`` seconds: its ``admit`` into the
-        scheduled lane takes nothing in. Both steps are atomic, so a cancel and a create that
-        race end with the run out of its queue whichever comes first.
+        With ``keep_out`` (an operator's cancel), a run the engine has nowhere, neither waiting
+        nor held (one a create, in any process, is still recording), is kept out for
+        ``WITHDRAWN_TTL`` seconds: its ``admit`` into the scheduled lane takes nothing in. Both
+        steps are atomic, so a cancel and a create that race end with the run out of its queue
+        whichever comes first.
         """
         raise NotImplementedError
 

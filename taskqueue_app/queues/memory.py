@@ -109,9 +109,9 @@ class MemoryQueues(Queues):
         self._scheduler.schedule(_waits(run), lane)
         return True
 
-    async def cancel(self, run_id: Any) -> Any | None:
+    async def cancel(self, run_id: Any, *, keep_out: bool = False) -> Any | None:
         run = TaskQueue.remove(run_id) or self._scheduler.cancel(run_id)
-        if run is None and TaskQueue.holder_of(run_id) is None:
+        if keep_out and run is None and TaskQueue.holder_of(run_id) is None:
             moment = time.monotonic()
             self._withdrawn = {
                 key: until for key, until in self._withdrawn.items() if until > moment

@@ -190,8 +190,9 @@ class RedisQueues(Queues):
         client = await self._ready()
         await client.zpopmin(self._key("rz", _code(lane), task_key))
 
-    async def cancel(self, run_id: Any) -> Any | None:
-        payload = await self._run("cancel", str(run_id), int(WITHDRAWN_TTL * 1000))
+    async def cancel(self, run_id: Any, *, keep_out: bool = False) -> Any | None:
+        keep_ms = int(WITHDRAWN_TTL * 1000) if keep_out else 0
+        payload = await self._run("cancel", str(run_id), keep_ms)
         return _load(payload) if payload else None
 
     # -- delivery --------------------------------------------------------------------------------

@@ -261,15 +261,15 @@ RELEASE = """
 return release(ARGV[4])
 """
 
-# ARGV 4..: id, how long (ms) to keep out a run not here yet. Takes a waiting (queued,
-# backlogged or deferred) run out; its JSON, or false.
+# ARGV 4..: id, how long (ms) to keep out a run not here yet (0: not at all). Takes a waiting
+# (queued, backlogged or deferred) run out; its JSON, or false.
 CANCEL = """
 local id = ARGV[4]
 if redis.call('HGET', P .. ':holders', id) then return false end
 local json = redis.call('HGET', P .. ':runs', id)
 if not json then
   -- Nowhere here: a create may be recording it. Its admit will find this and keep it out.
-  redis.call('SET', P .. ':gone:' .. id, '1', 'PX', tonumber(ARGV[5]))
+  if tonumber(ARGV[5]) > 0 then redis.call('SET', P .. ':gone:' .. id, '1', 'PX', ARGV[5]) end
   return false
 end
 local taken = redis.call('ZREM', P .. ':deferred', id) == 1
