@@ -55,7 +55,6 @@ class _Hands:
 
 
 _hands = _Hands()
-T = TypeVar("T")
 
 
 def reset() -> None:
@@ -163,20 +162,14 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
             # keeps it out of its queue now), handed over to a client that reports nothing, or
             # stranded. Read again: an outcome may have settled it meanwhile (the check and the
             # write below have no await between them).
-            run = await _current(run_id)
-            if run is None:
-                return None
-            return await _recorded(lifecycle.finish_cancelled(run))
+            return await _cancel_as_recorded(run_id)
         held, holder = found.run, found.holder
         live = holder in await _live_holders()
         if live and held.state_type == StateType.RUNNING:
             asking = held.with_state(StateType.RUNNING, CANCELLING)
             # Only over the very copy looked at: an outcome that settled it meanwhile wins.
             if not await queues.swap(holder, held, asking):
-                run = await _current(run_id)
-                if run is None:
-                    return None
-                return await _recorded(lifecycle.finish_cancelled(run))
+                return await _cancel_as_recorded(run_id)
             writer.update(asking)
             await queues.notify(holder, protocol.cancel(run_id))
             return await _recorded(asking)
@@ -190,6 +183,15 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
         if live:
             await queues.notify(holder, protocol.cancel(run_id))  # drop it, do not start it
         return await _recorded(done)
+
+
+async def _cancel_as_recorded(run_id: uuid.UUID) -> TaskRun | None:
+    """Read the run again (``AlreadyFinished`` if an outcome settled it meanwhile) and record
+    it CANCELLED; None if there is no such run."""
+    run = await _current(run_id)
+    if run is None:
+        return None
+    return await _recorded(lifecycle.finish_cancelled(run))
 
 
 @_completes
