@@ -259,7 +259,8 @@ async def claim(task_key: str, holder: str = "test", timeout: float = 5.0) -> An
 
     from .queues import get_queues
 
-    return await asyncio.wait_for(get_queues().claim(holder, [task_key]), timeout)
+    async with asyncio.timeout(timeout):
+        return await get_queues().claim(holder, [task_key])
 
 
 async def take(task_key: str, holder: str = "test", timeout: float = 5.0) -> Any:

@@ -240,6 +240,34 @@ async def test_claim_cancelled_in_the_tick_of_the_hand_over_puts_the_run_back_fi
         assert [r.id for r in await drain(engine, ["k"])] == [later.id]
 
 
+async def test_a_claim_cancelled_as_a_wake_up_arrives_ends(engine):  # noqa: F811
+    """A cancel in the tick a claim is woken is not swallowed (``wait_for`` did so on 3.11).
+
+    Another holder may take the run the wake-up was for; the woken claim then waits again, and
+    a cancel it had swallowed would leave it waiting forever. The cancel lands a different
+    number of ticks after the enqueue in each trial, so some trial hits the tick of the wake-up.
+    """
+    for trial in range(60):
+        first = asyncio.ensure_future(engine.claim("first", ["k"]))
+        await asyncio.sleep(0)
+        run = make_run()
+        await engine.enqueue(run)
+        second = asyncio.ensure_future(engine.claim("second", ["k"]))
+        for _ in range(trial % 15):
+            await asyncio.sleep(0)
+        first.cancel()
+        done, _ = await asyncio.wait({first}, timeout=WAIT)
+        assert first in done, f"trial {trial}: a cancelled claim went on waiting"
+        if not first.cancelled():
+            await engine.ack("first", first.result().id)
+        second.cancel()
+        await asyncio.gather(second, return_exceptions=True)
+        if not second.cancelled():
+            await engine.ack("second", second.result().id)
+        taken = [c.result().id for c in (first, second) if not c.cancelled()]
+        assert taken + [r.id for r in await drain(engine, ["k"])] == [run.id], f"trial {trial}"
+
+
 # -- holding, acking, releasing ------------------------------------------------------------------
 
 

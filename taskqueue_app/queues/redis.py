@@ -30,6 +30,7 @@ from ..errors import QueueFull
 from ..schemas import TaskRun
 from . import redis_views
 from .base import RETRY, SCHEDULED, WITHDRAWN_TTL, Connection, Held, Queues, check_lane
+from .redis_client import client_for
 from .redis_scripts import PRELUDE, SCRIPTS
 from .redis_views import text as _text
 
@@ -87,12 +88,10 @@ class RedisQueues(Queues):
         loop = asyncio.get_running_loop()
         if self._client is not None and self._loop is loop:
             return self._client
-        import redis.asyncio as aioredis
-
         if not self.location:
             raise ValueError('TASKQUEUE["QUEUES"]["LOCATION"] must name the Redis server')
         self._loop, self._events, self._subscribed = loop, {}, asyncio.Event()
-        self._client = aioredis.from_url(self.location, decode_responses=False)
+        self._client = client_for(self.location)
         self._scripts = {
             name: self._client.register_script(PRELUDE + body) for name, body in SCRIPTS.items()
         }
@@ -218,8 +217,11 @@ class RedisQueues(Queues):
                 timeout = self.wait
                 if payload:  # the next deferred run's due time
                     timeout = min(timeout, max(0.0, (float(payload) - _now_ms()) / 1000))
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancel that
+                # arrives in the tick the event is set, and this claim would then wait forever.
                 try:
-                    await asyncio.wait_for(event.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await event.wait()
                 except TimeoutError:
                     pass
         finally:
@@ -277,7 +279,8 @@ class RedisQueues(Queues):
         # cancel): listening first. If Pub/Sub is down, connect anyway; wake-ups fall back
         # to ``WAIT``.
         try:
-            await asyncio.wait_for(self._subscribed.wait(), self.wait)
+            async with asyncio.timeout(self.wait):
+                await self._subscribed.wait()
         except TimeoutError:
             logger.warning("redis Pub/Sub is not listening; connecting %s anyway", holder)
         now = datetime.now(UTC).isoformat()

@@ -133,7 +133,8 @@ class TaskWorker(RunBook):
                 attempt += 1
                 logger.info("reconnecting in %.2f s", delay)
                 try:
-                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                    async with asyncio.timeout(delay):  # wait_for could swallow a cancel (3.11)
+                        await self._stop_event.wait()
                     self._stop_event.clear()
                 except TimeoutError:
                     pass
@@ -263,7 +264,8 @@ class TaskWorker(RunBook):
     async def _quit(self, ws: ClientConnection) -> None:
         try:
             await ws.send(json.dumps({"type": "quit"}))
-            await asyncio.wait_for(ws.wait_closed(), 5)
+            async with asyncio.timeout(5):
+                await ws.wait_closed()
         except (ConnectionClosed, TimeoutError):
             pass
         finally:

@@ -90,7 +90,8 @@ class ProducerStream:
         """``create`` for async code (of any loop but the stream's own)."""
         future = asyncio.run_coroutine_threadsafe(self._create(body), self._running_loop())
         try:
-            status, data = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                status, data = await asyncio.wrap_future(future)
         except TimeoutError:
             raise self._no_answer(body) from None
         return run_or_raise(status, data)
@@ -172,7 +173,8 @@ class ProducerStream:
                 raise EnqueueError(f"the task server refused the producer stream: {exc}") from exc
         try:
             await ws.send(json.dumps({"type": "auth", "token": self.token}))
-            reply = json.loads(await asyncio.wait_for(ws.recv(), self.timeout))
+            async with asyncio.timeout(self.timeout):
+                reply = json.loads(await ws.recv())
         except ConnectionClosed as exc:
             reason = exc.rcvd.reason if exc.rcvd else "closed"
             raise EnqueueError(f"the task server refused the producer stream: {reason}") from exc
