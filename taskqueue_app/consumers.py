@@ -290,6 +290,12 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
                 # the socket dies before the send, closing the connection gives it back, first
                 # in line.
                 run = await queues.claim(self.conn_id, keys)
+                if self.phase is Phase.CLOSED:
+                    # Closed while the claim was under way, and the cancel that should have
+                    # stopped it was swallowed (redis-py's sends did so on Python 3.11): no one
+                    # would give this run back, so it goes back now, first in line.
+                    metrics.redelivered(await queues.release(self.conn_id))
+                    return
                 self.unacked[run.id] = time.monotonic()
                 self.holding.add(run.id)
                 self.copies[run.id] = run

@@ -1,13 +1,18 @@
-"""Guards of the subscription route: foreign browser origins, and clients that never subscribe."""
+"""Guards of the subscription route: foreign browser origins, clients that never subscribe, and
+a delivery that outlives its connection."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from channels.testing import WebsocketCommunicator
 
 from project.asgi import application
-from taskqueue_app import protocol
+from taskqueue_app import lifecycle, protocol
 from taskqueue_app.consumers import live_subscriptions
+from taskqueue_app.queues import get_queues
+from taskqueue_app.testing import subscriber
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("serving")]
 
@@ -62,3 +67,34 @@ async def test_a_subscribed_client_has_no_handshake_deadline(monkeypatch):
     assert await comm.receive_nothing(timeout=0.3)
     assert live_subscriptions() == 1
     await comm.disconnect()
+
+
+async def test_a_delivery_that_outlives_its_connection_gives_its_run_back(monkeypatch):
+    """A claim whose cancel is swallowed (a library's ``wait_for`` on Python 3.11) returns a run
+    after its connection closed: the run goes back to the queue, not to a holder that is gone."""
+    queues = get_queues()
+    claim = queues.claim
+    claiming = asyncio.Event()
+
+    async def swallowing_claim(holder, keys):
+        claiming.set()
+        while True:
+            try:
+                print("claim by", holder)
+                r = await claim(holder, keys)
+                print("claimed by", holder, r.id)
+                return r
+            except asyncio.CancelledError:
+                print("swallowed", holder)
+                pass  # as the faulty library did: the caller goes on as if not cancelled
+
+    monkeypatch.setattr(queues, "claim", swallowing_claim)
+    gone = await subscriber(application, ["k"], "gone")
+    await asyncio.wait_for(claiming.wait(), WAIT)
+    await gone.disconnect()  # its delivery task, cancelled, still claims
+    run, _ = await lifecycle.create({"task_key": "k"})
+    monkeypatch.setattr(queues, "claim", claim)
+    live = await subscriber(application, ["k"], "live")
+    assert (await live.receive_json_from(WAIT))["id"] == str(run.id)
+    assert live_subscriptions() == 1
+    await live.disconnect()
