@@ -61,9 +61,12 @@ async def next_run(ws) -> dict:
 
 
 async def close_code(ws) -> int:
-    """The close code the server sent (1006 when the connection dropped without one)."""
+    """The close code the server sent (1006 when the connection dropped without one), past its
+    ``recorded`` answers to a reporting worker's reports, which may come before it."""
     with pytest.raises(websockets.ConnectionClosed) as closed:
-        await asyncio.wait_for(ws.recv(), WAIT)
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), WAIT))
+            assert frame.get("type") == "recorded", f"a frame before the close: {frame}"
     received = closed.value.rcvd
     return received.code if received is not None else 1006
 
