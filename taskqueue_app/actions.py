@@ -171,8 +171,11 @@ async def cancel(run_id: uuid.UUID) -> TaskRun | None:
             if not await queues.swap(holder, held, asking):
                 return await _cancel_as_recorded(run_id)
             writer.update(asking)
+            # Durable before the worker hears of it: its answer may be recorded by another
+            # process at once, and this older state, written after, would overwrite it.
+            await _recorded(asking)
             await queues.notify(holder, protocol.cancel(run_id))
-            return await _recorded(asking)
+            return asking
         taken = await queues.ack(holder, run_id)
         if taken is None:  # settled by its worker meanwhile
             run = await _current(run_id)
