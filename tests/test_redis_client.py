@@ -21,7 +21,7 @@ async def client(redis_server):
 
 async def test_a_command_cancelled_before_it_is_done_ends_cancelled(client):
     """redis-py's ``wait_for`` around each send swallowed a cancel on Python 3.11 (the task went
-    on with the answer); the cancel lands a different number of ticks in in each trial."""
+    on with the answer); the cancel lands a different number of ticks in, in each trial."""
     key = f"t-{uuid.uuid4().hex}"
     await client.set(key, b"v")
     swallowed = []
