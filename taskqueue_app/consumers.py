@@ -292,9 +292,11 @@ class SubscriptionConsumer(DirectWebsocketConsumer):
                 run = await queues.claim(self.conn_id, keys)
                 if self.phase is Phase.CLOSED:
                     # Closed while the claim was under way, and the cancel that should have
-                    # stopped it was swallowed (redis-py's sends did so on Python 3.11): no one
-                    # would give this run back, so it goes back now, first in line.
-                    metrics.redelivered(await queues.release(self.conn_id))
+                    # stopped it was swallowed (redis-py's sends did so on Python 3.11): the
+                    # run is treated as the connection's others were when it closed (given
+                    # back, first in line; left held at a restart).
+                    if not self.restarting:
+                        await lifecycle.disconnect(self.conn_id)
                     return
                 self.unacked[run.id] = time.monotonic()
                 self.holding.add(run.id)
