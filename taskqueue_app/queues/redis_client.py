@@ -11,6 +11,7 @@ delivery loop cancelled at a disconnect could claim a run for a connection alrea
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from typing import Any
 
@@ -28,14 +29,10 @@ def client_for(location: str) -> Any:
     return aioredis.Redis.from_pool(pool)
 
 
-_classes: dict[type, type] = {}
-
-
+@functools.cache
 def _honouring_cancel(base: type) -> type:
     """``base`` (redis-py's TCP, TLS or unix-socket connection) with ``CancellableSend``."""
-    if base not in _classes:
-        _classes[base] = type(f"Cancellable{base.__name__}", (CancellableSend, base), {})
-    return _classes[base]
+    return type(f"Cancellable{base.__name__}", (CancellableSend, base), {})
 
 
 class CancellableSend:
